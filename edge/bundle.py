@@ -1,0 +1,108 @@
+"""The model bundle: the contract between the training world and the line.
+
+A bundle is one folder:
+  manifest.yaml   what the graph expects and what it was measured to do
+  model.onnx      the FP32 graph (uint8 frames in; anomaly_map and score out)
+  model.fp16.onnx, model.int8.onnx   optional precision variants
+  plans/          TensorRT plans built on the device, named by GPU, TensorRT version, precision
+Every file except the manifest and plans/ is listed in the manifest with its sha256, and a
+bundle whose files are missing or altered is refused.
+"""
+
+import copy
+import os
+
+import yaml
+
+from .errors import EdgeError
+from .fsutil import atomic_write_text, sha256_file
+
+MANIFEST = "manifest.yaml"
+FORMAT = 1
+GRAPH_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+def dump_yaml(data):
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+
+
+class Bundle:
+    def __init__(self, path, verify=True):
+        self.path = os.path.abspath(path)
+        mpath = os.path.join(self.path, MANIFEST)
+        if not os.path.isdir(self.path):
+            raise EdgeError("bundle folder not found", path)
+        if not os.path.isfile(mpath):
+            raise EdgeError("not a bundle (no manifest.yaml)", path)
+        try:
+            with open(mpath) as f:
+                self.manifest = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise EdgeError(f"manifest is not valid YAML: {exc}", mpath) from None
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
+            raise EdgeError(f"manifest format is not {FORMAT}", mpath)
+        for key in ("method", "input", "threshold", "graphs", "files"):
+            if key not in self.manifest:
+                raise EdgeError(f"manifest lacks key '{key}'", mpath)
+        if verify:
+            self.verify()
+
+    # ---- integrity -------------------------------------------------------------------
+    def verify(self):
+        for name, digest in self.manifest["files"].items():
+            fpath = os.path.join(self.path, name)
+            if not os.path.isfile(fpath):
+                raise EdgeError("bundle file missing", fpath)
+            if sha256_file(fpath) != digest:
+                raise EdgeError("bundle file altered (sha256 does not match the manifest)", fpath)
+
+    # ---- what the graph expects --------------------------------------------------------
+    @property
+    def method(self):
+        return self.manifest["method"]
+
+    @property
+    def input_hw(self):
+        inp = self.manifest["input"]
+        return int(inp["height"]), int(inp["width"])
+
+    @property
+    def roi(self):
+        return self.manifest["input"].get("roi")
+
+    @property
+    def threshold(self):
+        return float(self.manifest["threshold"]["value"])
+
+    def precisions(self):
+        return list(self.manifest["graphs"])
+
+    def graph_path(self, precision="fp32"):
+        graphs = self.manifest["graphs"]
+        if precision not in graphs:
+            raise EdgeError(f"bundle has no {precision} graph (has: {', '.join(graphs)}); "
+                            f"make it with `edge quantize {self.path} --precision {precision}`")
+        return os.path.join(self.path, graphs[precision]["file"])
+
+    # ---- changing a bundle (atomically) ----------------------------------------------
+    def add_file(self, name, src_path=None):
+        """Record a file already in the bundle folder (or move src_path there) with its sha256."""
+        dst = os.path.join(self.path, name)
+        if src_path is not None and os.path.abspath(src_path) != dst:
+            os.replace(src_path, dst)
+        self.manifest["files"][name] = sha256_file(dst)
+
+    def save(self):
+        atomic_write_text(os.path.join(self.path, MANIFEST), dump_yaml(self.manifest))
+
+    def copy_manifest(self):
+        return copy.deepcopy(self.manifest)
+
+
+def write_manifest(folder, manifest):
+    """Fill in the sha256 of every listed file and write manifest.yaml atomically."""
+    manifest = dict(manifest)
+    manifest["format"] = FORMAT
+    manifest["files"] = {name: sha256_file(os.path.join(folder, name)) for name in manifest.get("files", {})}
+    atomic_write_text(os.path.join(folder, MANIFEST), dump_yaml(manifest))
+    return manifest

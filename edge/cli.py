@@ -1,0 +1,60 @@
+"""The `edge` command. Each subcommand lives in its own module, imported only when used,
+so that `edge run` on a line-side box never pulls in torch or the training code."""
+
+import argparse
+import importlib
+import sys
+
+from .errors import EdgeError
+
+# name -> (module, one-line help). A module provides add_arguments(parser) and run(args) -> int.
+COMMANDS = {
+    "train": ("train.cli", "train a model on good images and write a model bundle"),
+    "evaluate": ("train.evaluate", "evaluate a bundle's ONNX graph on a data set's test split"),
+    "predict": ("edge.predict", "score images or a folder with a bundle; write heat-map overlays"),
+    "quantize": ("convert.quantize", "add an FP16 or INT8 variant of the graph to a bundle"),
+    "build": ("convert.build", "build a TensorRT plan for this device from a bundle"),
+    "bench": ("edge.bench", "measure throughput and latency of each engine and precision"),
+    "run": ("edge.run", "run the line-side loop: capture, infer, decide, act, record"),
+    "check": ("edge.health", "health check of an installed bundle and its runtime"),
+}
+
+
+def build_parser(load_modules=True):
+    parser = argparse.ArgumentParser(prog="edge", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if load_modules and name == _wanted_command():
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def _wanted_command():
+    for arg in sys.argv[1:]:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def main(argv=None):
+    if argv is not None:
+        sys.argv = [sys.argv[0]] + list(argv)
+    parser = build_parser()
+    args = parser.parse_args()
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return importlib.import_module(args._module).run(args) or 0
+    except EdgeError as exc:
+        print(f"edge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
