@@ -1,0 +1,1 @@
+"""Workstation-side conversion: graph checks, precision variants, TensorRT plan builds."""
