@@ -230,11 +230,17 @@ def check_graph(path, max_opset=MAX_OPSET, min_opset=MIN_OPSET):
         return [f"graph check failed: {type(exc).__name__}: {exc}"]
 
 
+def _size(n):
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
 def format_summary(summary):
-    mb = summary.get("initializer_bytes", 0) / 2 ** 20
-    largest = ", ".join(f"{n} {s / 2**20:.2f} MiB" for n, s in summary.get("largest_initializers", []))
+    largest = ", ".join(f"{n} {_size(s)}" for n, s in summary.get("largest_initializers", []))
     return (f"opset {summary.get('opset', '?')}, {summary.get('nodes', 0)} nodes, "
-            f"{summary.get('initializers', 0)} initializers ({mb:.2f} MiB"
+            f"{summary.get('initializers', 0)} initializers ({_size(summary.get('initializer_bytes', 0))}"
             f"{'; external data' if summary.get('external_data') else ''})"
             + (f"; largest: {largest}" if largest else ""))
 
