@@ -42,7 +42,6 @@ def build_model(h=32, w=32, precision="fp32", seed=0, batch="batch"):
     """Return an onnx.ModelProto with the graph interface. h and w must be even."""
     assert h % 2 == 0 and w % 2 == 0
     conv_w, conv_b, bank = _weights(seed)
-    ft = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
     npt = np.float16 if precision == "fp16" else np.float32
     hh, ww = h // 2, w // 2
     nodes, inits = [], []

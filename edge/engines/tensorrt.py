@@ -24,7 +24,7 @@ from . import plan_key as pk
 
 INPUT = "frames"
 OUTPUTS = ("anomaly_map", "score")
-_LOGGER = None
+_LOGGERS = {}
 
 
 def import_tensorrt():
@@ -37,10 +37,10 @@ def import_tensorrt():
 
 
 def _logger(trt):
-    global _LOGGER
-    if _LOGGER is None:
-        _LOGGER = trt.Logger(trt.Logger.WARNING)
-    return _LOGGER
+    """One logger per TensorRT module (TensorRT keeps the first one it is given)."""
+    if id(trt) not in _LOGGERS:
+        _LOGGERS[id(trt)] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[id(trt)]
 
 
 def _build_hint(bundle_path, key):

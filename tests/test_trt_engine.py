@@ -1,0 +1,206 @@
+"""TrtEngine's own logic (plan lookup, buffers bound once, shapes per call, chunking, padding,
+copies) against a stand-in for TensorRT and CUDA: the "device" is host memory and the "plan"
+runs the graph with ONNX Runtime. The real thing is checked by the gpu-marked tests."""
+
+import ctypes
+import os
+import types
+
+import numpy as np
+import pytest
+
+from edge.bundle import Bundle
+from edge.engines import plan_key as pk
+from edge.errors import EdgeError
+from tests import graphs
+
+ort = pytest.importorskip("onnxruntime")
+DEVICE = ("Orin", (8, 7))
+
+
+# ---- a stand-in CUDA back-end --------------------------------------------------------------
+class FakeApi:
+    def __init__(self):
+        self.copies = 0
+        api = self
+
+        class Stream:
+            handle = 1234
+
+            def synchronize(self):
+                pass
+
+            def close(self):
+                pass
+
+        class DeviceBuffer:
+            def __init__(self, nbytes):
+                self._mem = np.zeros(max(nbytes, 1), np.uint8)
+                self.ptr = self._mem.ctypes.data
+                self.nbytes = nbytes
+                api.allocs = getattr(api, "allocs", 0) + 1
+
+            def free(self):
+                self._mem = None
+
+        self.Stream, self.DeviceBuffer = Stream, DeviceBuffer
+
+    def device_info(self):
+        return DEVICE
+
+    def pagelocked_empty(self, shape, dtype):
+        return np.zeros(shape, dtype)
+
+    def free_host(self, array):
+        pass
+
+    def htod_async(self, dst, host, stream, nbytes=None):
+        ctypes.memmove(dst.ptr, host.ctypes.data, host.nbytes if nbytes is None else nbytes)
+        self.copies += 1
+
+    def dtoh_async(self, host, src, stream, nbytes=None):
+        ctypes.memmove(host.ctypes.data, src.ptr, host.nbytes if nbytes is None else nbytes)
+        self.copies += 1
+
+
+# ---- a stand-in TensorRT whose "plan" names an ONNX graph ----------------------------------
+def fake_trt(bmin, bmax):
+    mode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+
+    class Context:
+        def __init__(self, eng):
+            self.eng, self.addr, self.shape, self.runs = eng, {}, None, []
+
+        def set_tensor_address(self, name, ptr):
+            self.addr[name] = ptr
+            return True
+
+        def set_input_shape(self, name, shape):
+            if not bmin <= shape[0] <= bmax:
+                return False
+            self.shape = tuple(shape)
+            return True
+
+        def execute_async_v3(self, stream_handle):
+            assert stream_handle == 1234
+            n = self.shape[0]
+            size = int(np.prod(self.shape))
+            frames = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(self.addr["frames"]))
+            amap, score = self.eng.sess.run(["anomaly_map", "score"], {"frames": frames.reshape(self.shape)})
+            ctypes.memmove(self.addr["anomaly_map"], amap.ctypes.data, amap.nbytes)
+            ctypes.memmove(self.addr["score"], score.ctypes.data, score.nbytes)
+            self.runs.append(n)
+            return True
+
+    class Engine:
+        def __init__(self, graph):
+            self.sess = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+            self.names = ["frames", "anomaly_map", "score"]
+            self.num_io_tensors = 3
+            self.contexts = []
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            return mode.INPUT if name == "frames" else mode.OUTPUT
+
+        def get_tensor_shape(self, name):
+            return {"frames": (-1, 32, 32, 3), "anomaly_map": (-1, 32, 32), "score": (-1,)}[name]
+
+        def get_tensor_dtype(self, name):
+            return np.uint8 if name == "frames" else np.float32
+
+        def get_tensor_profile_shape(self, name, profile):
+            return [(bmin, 32, 32, 3), (bmax, 32, 32, 3), (bmax, 32, 32, 3)]
+
+        def create_execution_context(self):
+            self.contexts.append(Context(self))
+            return self.contexts[-1]
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return Engine(data.decode()) if data.endswith(b".onnx") else None
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity):
+            pass
+
+    return types.SimpleNamespace(__name__="tensorrt", __version__="10.3.0.30", Runtime=Runtime,
+                                 Logger=Logger, TensorIOMode=mode, nptype=lambda d: d)
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    import edge.engines.cuda as cuda
+    import edge.engines.tensorrt as t
+
+    api = FakeApi()
+    monkeypatch.setattr(cuda, "get_api", lambda device=0: api)
+    bundle = Bundle(graphs.make_bundle(str(tmp_path / "b"), ("fp32",)))
+
+    def add_plan(bmin, bmax, device=DEVICE):
+        trt = fake_trt(bmin, bmax)
+        monkeypatch.setattr(t, "import_tensorrt", lambda: trt)
+        key = pk.make_key(trt, device, "fp32", (bmin, bmax, bmax), pk.graph_sha256(bundle, "fp32"))
+        path = os.path.join(pk.plans_dir(bundle.path), key.filename())
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(bundle.graph_path("fp32").encode())
+        doc = pk.write_sidecar(path, key)
+        pk.record_in_manifest(bundle, path, key, doc["plan_sha256"])
+        return path
+
+    return t, api, bundle, add_plan
+
+
+def test_engine_matches_onnxruntime_with_chunks(setup):
+    t, api, bundle, add_plan = setup
+    add_plan(1, 4)
+    eng = t.TrtEngine.from_bundle(bundle, "fp32", batch=4)
+    assert (eng.min_batch, eng.max_batch, eng.hw) == (1, 4, (32, 32))
+    allocs = api.allocs
+    frames = graphs.random_frames(6)
+    maps, scores = eng.infer(frames)
+    assert api.allocs == allocs                       # buffers bound once, not per call
+    assert eng.context.runs == [4, 2]                 # real batch sizes, chunked at the max
+    ref = ort.InferenceSession(bundle.graph_path("fp32"), providers=["CPUExecutionProvider"])
+    m0, s0 = ref.run(["anomaly_map", "score"], {"frames": frames})
+    np.testing.assert_array_equal(maps, m0)
+    np.testing.assert_array_equal(scores, s0)
+    # results are copies, not views of the pinned buffers
+    maps2, _ = eng.infer(frames[:1])
+    assert maps2.shape == (1, 32, 32) and np.array_equal(maps[0], maps2[0])
+    eng.close()
+
+
+def test_engine_pads_batches_below_the_profile_minimum(setup):
+    t, api, bundle, add_plan = setup
+    add_plan(2, 2)
+    # the runtime asks for batch 1, which a 2-2 plan does not cover: refused, with the fix
+    with pytest.raises(EdgeError, match=r"batch range is 2-2"):
+        t.TrtEngine.from_bundle(bundle, "fp32", batch=1)
+    eng = t.TrtEngine.from_bundle(bundle, "fp32", batch=2)
+    maps, scores = eng.infer(graphs.random_frames(3))
+    assert maps.shape == (3, 32, 32) and scores.shape == (3,)
+    assert eng.context.runs == [2, 2]                 # the last single frame padded to 2
+
+
+def test_engine_refuses_wrong_input_and_foreign_plan(setup):
+    t, api, bundle, add_plan = setup
+    add_plan(1, 2, device=("NVIDIA A2", (8, 6)))
+    with pytest.raises(EdgeError, match="gpu is NVIDIA A2"):
+        t.TrtEngine.from_bundle(bundle, "fp32", batch=2)
+    path = add_plan(1, 2)
+    eng = t.TrtEngine(path)                            # a plan given directly is checked too
+    with pytest.raises(EdgeError, match=r"N x 32 x 32 x 3 uint8"):
+        eng.infer(np.zeros((1, 16, 16, 3), np.uint8))
+    with open(path, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(EdgeError, match="altered"):
+        t.TrtEngine(path)
