@@ -16,6 +16,7 @@ Both work in the device's primary context, the one TensorRT's runtime uses.
         api.htod_async(dev, host, stream); stream.synchronize()
 """
 
+import atexit
 import ctypes
 
 import numpy as np
@@ -75,6 +76,7 @@ class _Pycuda(_Api):
         # The primary context is the one the CUDA runtime (and so TensorRT) uses.
         self.ctx = self.dev.retain_primary_context()
         self.ctx.push()
+        atexit.register(self._pop)
 
         class Stream:
             def __init__(self):
@@ -100,6 +102,12 @@ class _Pycuda(_Api):
 
         self.Stream = Stream
         self.DeviceBuffer = DeviceBuffer
+
+    def _pop(self):
+        try:
+            self.ctx.pop()
+        except Exception:
+            pass
 
     def device_count(self):
         return self.drv.Device.count()

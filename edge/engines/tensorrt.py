@@ -53,10 +53,11 @@ class TrtEngine(Engine):
     name = "tensorrt"
 
     @classmethod
-    def from_bundle(cls, bundle, precision="fp32", batch=1, dla=None, plan=None, **opts):
+    def from_bundle(cls, bundle, precision="fp32", batch=1, dla=None, plan=None, **other_engines):
         """The engine for the bundle's plan that matches this GPU, TensorRT version, precision
         and graph, and covers `batch`. Refuses (EdgeError, saying to run `edge build`) when
-        there is none. `plan` names a plan file explicitly (it is still checked)."""
+        there is none. `plan` names a plan file explicitly (it is still checked). Options
+        meant for other engines (threads, providers) are ignored."""
         trt = import_tensorrt()
         from .cuda import get_api
 
@@ -82,8 +83,7 @@ class TrtEngine(Engine):
                     detail = ""
                 raise EdgeError(f"no TensorRT plan for {where}{detail}; "
                                 f"{_build_hint(bundle.path, want)}", pk.plans_dir(bundle.path))
-        return cls(path, precision=precision, dla=dla, expected_hw=bundle.input_hw,
-                   _checked=True, **opts)
+        return cls(path, precision=precision, dla=dla, expected_hw=bundle.input_hw, _checked=True)
 
     def __init__(self, plan_path, precision="fp32", dla=None, expected_hw=None, _checked=False):
         trt = import_tensorrt()
