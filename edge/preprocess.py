@@ -33,3 +33,10 @@ class Preprocessor:
             out[...] = frame
             return out
         return np.ascontiguousarray(frame)
+
+    def mask(self, m):
+        """The same crop and resize for a ground-truth mask (nearest neighbour)."""
+        if self.roi:
+            x, y, w, h = self.roi
+            m = m[y:y + h, x:x + w]
+        return cv2.resize(m.astype(np.uint8), self.size, interpolation=cv2.INTER_NEAREST) > 0

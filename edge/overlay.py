@@ -1,0 +1,51 @@
+"""Heat-map overlays: what an engineer looks at to see why a part was flagged."""
+
+import cv2
+import numpy as np
+
+
+def heat_overlay(image_rgb, amap, threshold, alpha=0.45):
+    """Colour the map (blue at half the threshold, red at 1.5x) over the image, outline the
+    regions at or above the threshold, and return an RGB uint8 image of the map's size."""
+    h, w = amap.shape
+    if image_rgb.shape[:2] != (h, w):
+        image_rgb = cv2.resize(image_rgb, (w, h))
+    lo, hi = 0.5 * threshold, 1.5 * threshold
+    norm = np.clip((amap - lo) / max(hi - lo, 1e-12), 0, 1)
+    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    out = cv2.addWeighted(image_rgb, 1 - alpha, heat, alpha, 0)
+    above = (amap >= threshold).astype(np.uint8)
+    if above.any():
+        contours, _ = cv2.findContours(above, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
+    return out
+
+
+def label(image_rgb, text, reject):
+    """A caption bar above an image: verdict colour and text."""
+    bar = np.full((18, image_rgb.shape[1], 3), (200, 30, 30) if reject else (30, 140, 30), np.uint8)
+    cv2.putText(bar, text, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack([bar, image_rgb])
+
+
+def grid(tiles, cols=6, pad=2):
+    """Tiles of equal size in a grid, RGB."""
+    if not tiles:
+        return np.zeros((1, 1, 3), np.uint8)
+    th = max(t.shape[0] for t in tiles)
+    tw = max(t.shape[1] for t in tiles)
+    rows = (len(tiles) + cols - 1) // cols
+    out = np.full((rows * (th + pad) + pad, min(cols, len(tiles)) * (tw + pad) + pad, 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, cols)
+        out[pad + r * (th + pad):pad + r * (th + pad) + t.shape[0], pad + c * (tw + pad):pad + c * (tw + pad) + t.shape[1]] = t
+    return out
+
+
+def write_png(path, image_rgb):
+    """Encode then write atomically."""
+    from .fsutil import atomic_write_bytes
+    ok, buf = cv2.imencode(".png", image_rgb[..., ::-1])
+    if not ok:
+        raise RuntimeError(f"cannot encode {path}")
+    atomic_write_bytes(path, buf.tobytes())

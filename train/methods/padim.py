@@ -1,0 +1,56 @@
+"""PaDiM (Defard et al., ICPR 2021): a multivariate Gaussian per patch position over pretrained
+features (a random subset of channels), with a regularised covariance; a patch's score is its
+Mahalanobis distance to the Gaussian of its position."""
+
+import torch
+from torch import nn
+
+
+class MahalanobisHead(nn.Module):
+    """Per-position Mahalanobis distance, exported as a batched MatMul over positions."""
+
+    def __init__(self, idx, mean, inv_cov, hw):
+        super().__init__()
+        self.hw = tuple(int(v) for v in hw)
+        self.register_buffer("idx", idx)
+        self.register_buffer("mean", mean)          # P x d
+        self.register_buffer("inv_cov", inv_cov)    # P x d x d
+
+    def forward(self, emb):
+        f = emb.index_select(1, self.idx).flatten(2).permute(2, 0, 1)   # P x N x d
+        diff = f - self.mean.unsqueeze(1)
+        m = ((diff @ self.inv_cov) * diff).sum(-1)                       # P x N
+        return m.clamp_min(0.0).sqrt().transpose(0, 1).reshape(-1, self.hw[0], self.hw[1])
+
+
+class Padim:
+    name = "padim"
+    pool = False
+
+    def __init__(self, dims=100, reg=0.01, seed=0):
+        self.dims = int(dims)
+        self.reg = float(reg)
+        self.seed = int(seed)
+
+    def fit(self, emb, progress=None):
+        n, c, h, w = emb.shape
+        self.hw = (h, w)
+        g = torch.Generator().manual_seed(self.seed)
+        d = min(self.dims, c)
+        self.idx = torch.randperm(c, generator=g)[:d].sort().values
+        x = emb.index_select(1, self.idx).flatten(2).permute(2, 0, 1).double()   # P x N x d
+        mean = x.mean(1)
+        xc = x - mean.unsqueeze(1)
+        cov = xc.transpose(1, 2) @ xc / max(1, n - 1) + self.reg * torch.eye(d, dtype=torch.float64)
+        if progress:
+            progress(1, 2)
+        self.mean = mean.float()
+        self.inv_cov = torch.linalg.inv(cov).float()
+        if progress:
+            progress(2, 2)
+
+    def head(self):
+        return MahalanobisHead(self.idx, self.mean, self.inv_cov, self.hw)
+
+    def params(self):
+        return {"dims": int(self.idx.numel()), "reg": self.reg, "seed": self.seed, "positions": self.hw[0] * self.hw[1]}

@@ -1,0 +1,81 @@
+"""PatchCore (Roth et al., CVPR 2022): a memory bank of locally aware patch features from good
+images, thinned by greedy coreset selection; a patch's score is the distance to its nearest
+neighbour in the bank."""
+
+import math
+
+import torch
+from torch import nn
+
+
+def greedy_coreset(x, k, dims=32, seed=0, progress=None):
+    """Indices of k rows of x chosen by greedy k-centre selection (farthest point first).
+
+    Distances are computed in a seeded Gaussian random projection to `dims` dimensions, one
+    matrix-vector product per pick, so that the cost is n x dims per pick, not n x C."""
+    n, c = x.shape
+    if k >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed)
+    z = x @ (torch.randn(c, dims, generator=g) / math.sqrt(dims)) if c > dims else x.clone()
+    zz = (z * z).sum(1)
+    min_d = torch.full((n,), float("inf"))
+    d = torch.empty(n)
+    idx = torch.empty(k, dtype=torch.long)
+    last = int(torch.randint(n, (1,), generator=g))
+    step = max(1, k // 50)
+    for i in range(k):
+        idx[i] = last
+        torch.mv(z, z[last], out=d)
+        d.mul_(-2).add_(zz).add_(zz[last])
+        torch.minimum(min_d, d, out=min_d)
+        last = int(torch.argmax(min_d))
+        if progress and (i % step == 0 or i == k - 1):
+            progress(i + 1, k)
+    return idx
+
+
+class NearestNeighbourHead(nn.Module):
+    """Distance of every patch embedding to its nearest bank entry (exported as MatMul + ReduceMin)."""
+
+    def __init__(self, bank, hw):
+        super().__init__()
+        self.hw = tuple(int(v) for v in hw)
+        self.register_buffer("bank_t", bank.t().contiguous())
+        self.register_buffer("bank_sq", (bank * bank).sum(1))
+
+    def forward(self, emb):
+        f = emb.flatten(2).transpose(1, 2)                       # N x hw x C
+        d2 = (f * f).sum(-1, keepdim=True) - 2.0 * (f @ self.bank_t) + self.bank_sq
+        d = d2.amin(-1).clamp_min(0.0).sqrt()
+        return d.reshape(-1, self.hw[0], self.hw[1])
+
+
+class PatchCore:
+    name = "patchcore"
+    pool = True
+
+    def __init__(self, coreset_ratio=0.1, max_bank=4096, coreset_dims=32, seed=0):
+        self.coreset_ratio = float(coreset_ratio)
+        self.max_bank = int(max_bank)
+        self.coreset_dims = int(coreset_dims)
+        self.seed = int(seed)
+        self.bank = None
+        self.hw = None
+
+    def fit(self, emb, progress=None):
+        n, c, h, w = emb.shape
+        self.hw = (h, w)
+        patches = emb.permute(0, 2, 3, 1).reshape(-1, c).contiguous()
+        k = max(1, min(self.max_bank, int(round(self.coreset_ratio * patches.shape[0]))))
+        idx = greedy_coreset(patches, k, self.coreset_dims, self.seed, progress)
+        self.bank = patches[idx].clone()
+        self.n_patches = patches.shape[0]
+
+    def head(self):
+        return NearestNeighbourHead(self.bank, self.hw)
+
+    def params(self):
+        return {"coreset_ratio": self.coreset_ratio, "max_bank": self.max_bank, "coreset_dims": self.coreset_dims,
+                "seed": self.seed, "bank_size": int(self.bank.shape[0]), "patches": int(self.n_patches),
+                "feature_dims": int(self.bank.shape[1])}
