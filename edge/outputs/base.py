@@ -131,11 +131,11 @@ class QueuedOutput(Output):
             if not self._connected and time.monotonic() >= next_try:
                 try:
                     self._connect()
-                    self._connected = True
                     self._resync()
                     gap = time.time() - gap_since
                     self.emit({"kind": "reconnected", "output": self.name, "address": self.address,
                                "gap_s": round(gap, 3), "dropped": self.dropped - dropped_at_gap})
+                    self._connected = True
                     backoff = self._min
                 except Exception as e:
                     self._connected = False
