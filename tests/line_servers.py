@@ -153,7 +153,7 @@ OPCUA_VARS = {   # name -> (initial value, variant type name)
 }
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def opcua_plc():
     """An asyncua server with the Inspector.* variables at ns=2 (as the docs list them)."""
     pytest.importorskip("asyncua", reason="asyncua is not installed")

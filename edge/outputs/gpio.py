@@ -18,7 +18,8 @@ class GpiodPins:
             import gpiod
             from gpiod.line import Direction, Value
         except ImportError as e:
-            raise EdgeError(f"backend gpiod needs the gpiod package (libgpiod v2): {e}", where) from None
+            raise EdgeError(f"backend gpiod (chip {chip}) needs the gpiod package (libgpiod v2): {e}",
+                            where) from None
         self._on, self._off = Value.ACTIVE, Value.INACTIVE
         settings = gpiod.LineSettings(direction=Direction.OUTPUT, output_value=Value.INACTIVE,
                                       active_low=active_low)

@@ -1,0 +1,83 @@
+"""MQTT against Debian's mosquitto on loopback: retained status, QoS 1 verdicts and events,
+and the last will when the box dies."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edge.errors import EdgeError
+from edge.outputs import LineIO
+from edge.types import Decision
+
+from tests.line_servers import MqttWatcher, free_port, mosquitto, wait_until  # noqa: F401
+
+PREFIX = "plant/line3/box"
+
+
+def cfg(port, **over):
+    o = dict({"type": "mqtt", "host": "127.0.0.1", "port": port, "topic_prefix": PREFIX,
+              "client_id": "box-under-test"}, **over)
+    return {"timing": {"delay_ms": 30, "pulse_ms": 5}, "heartbeat_ms": 50, "outputs": [o]}
+
+
+def test_status_verdicts_events_and_offline_on_close(mosquitto):
+    w = MqttWatcher(mosquitto, PREFIX + "/#")
+    io = LineIO(cfg(mosquitto)).start()
+    t0 = time.monotonic()
+    io.expect(1, t0, part_id="P-1")
+    io.decide(Decision(1, t0, time.time(), 0.8, True, "score", part_id="P-1"))
+    io.expect(2, t0)                                     # never decided: fail-safe
+    assert wait_until(lambda: len(w.on(PREFIX + "/event")) >= 1 and len(w.on(PREFIX + "/heartbeat")) >= 2, 5)
+    io.fault("engine", "TensorRT error")
+    io.close()
+    assert wait_until(lambda: any(json.loads(p)["state"] == "offline" for p, _ in w.on(PREFIX + "/status")), 5)
+    w.close()
+    states = [json.loads(p)["state"] for p, _ in w.on(PREFIX + "/status")]
+    assert states[0] == "online" and "fault" in states and states[-1] == "offline"
+    verdicts = [json.loads(p) for p, _ in w.on(PREFIX + "/verdict")]
+    assert [(v["seq"], v["verdict"], v["part_id"]) for v in verdicts] == [(1, "NG", "P-1"), (2, "FS", None)]
+    events = [json.loads(p)["kind"] for p, _ in w.on(PREFIX + "/event")]
+    assert events[:2] == ["failsafe_reject", "fault"]
+    # a newcomer sees the retained status
+    late = MqttWatcher(mosquitto, PREFIX + "/status")
+    assert wait_until(lambda: late.on(PREFIX + "/status"), 5)
+    p, retained = late.on(PREFIX + "/status")[0]
+    assert retained and json.loads(p)["state"] == "offline"
+    late.close()
+
+
+BOX = """
+import sys, time
+from edge.outputs import LineIO
+io = LineIO({"timing": {"delay_ms": 30}, "outputs": [{"type": "mqtt", "host": "127.0.0.1",
+             "port": int(sys.argv[1]), "topic_prefix": sys.argv[2], "keepalive_s": 1}]}).start()
+print("up", flush=True)
+time.sleep(60)
+"""
+
+
+def test_last_will_marks_the_box_offline_when_it_dies(mosquitto):
+    w = MqttWatcher(mosquitto, PREFIX + "/status")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    box = subprocess.Popen([sys.executable, "-c", BOX, str(mosquitto), PREFIX], stdout=subprocess.PIPE,
+                           text=True, env=env)
+    try:
+        assert box.stdout.readline().strip() == "up"
+        assert wait_until(lambda: w.on(PREFIX + "/status"), 5)
+        box.send_signal(signal.SIGKILL)                 # no clean disconnect: the broker sends the will
+        box.wait(5)
+        assert wait_until(lambda: json.loads(w.on(PREFIX + "/status")[-1][0])["state"] == "offline", 10)
+    finally:
+        box.kill()
+        w.close()
+
+
+def test_unreachable_broker_is_an_error_naming_host_and_port():
+    port = free_port()
+    with pytest.raises(EdgeError, match=rf"line.outputs\[0\]: cannot reach the MQTT broker at 127.0.0.1:{port}"):
+        LineIO(cfg(port)).start()
