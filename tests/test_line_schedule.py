@@ -172,3 +172,15 @@ def test_close_drains_pending_pulses():
     (on, off), = io.outputs[0].pulses()
     assert off is not None
     assert io.outputs[0].statuses[-1]["ready"] is False
+
+
+def test_a_part_booked_after_its_slot_is_late_not_pulsed():
+    io = line()
+    old = time.monotonic() - 1.0
+    io.expect(1, old)                                  # expect() came a second late
+    io.decide(dec(2, old, True))                       # a verdict for a part never expected
+    io.close()
+    assert io.outputs[0].pulse_seqs == []
+    ev = io.events()
+    assert [(e["kind"], e["seq"]) for e in ev] == [("late", 1), ("late", 2), ("late", 2)]
+    assert io.outputs[0].verdicts[-1]["code"] == 4

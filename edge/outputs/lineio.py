@@ -184,7 +184,16 @@ class LineIO:
         with self._lock:
             if seq in self._parts or seq in self._done:
                 return
-            self._parts[seq] = _Part(seq, t_capture, encoder, part_id, t_slot)
+            passed = (self.scheduler.encoder_distance(encoder) >= self.pulses if self.mode == "encoder"
+                      else t_slot <= time.monotonic())
+            if passed:                  # booked after its own slot: a pulse now would hit another part
+                self._done[seq] = (t_slot, "slot_passed")
+            else:
+                self._parts[seq] = _Part(seq, t_capture, encoder, part_id, t_slot)
+        if passed:
+            self._emit({"kind": "late", "seq": seq, "part_id": part_id, "stage": "expect",
+                        "detail": "the part had passed the ejector before it was booked"})
+            return
         if self.mode == "encoder":
             self.scheduler.at_count(encoder, self.pulses, self._slot, seq)
         else:
@@ -206,6 +215,8 @@ class LineIO:
                 part = self._parts.get(d.seq)
                 if part is not None:
                     part.decision = d
+                else:
+                    late = self._done.get(d.seq)
         encoder = d.encoder if d.encoder is not None else (part.encoder if part else None)
         part_id = d.part_id if d.part_id is not None else (part.part_id if part else None)
         v = {"seq": d.seq, "part_id": part_id, "encoder": encoder, "reject": bool(d.reject),
