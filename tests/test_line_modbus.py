@@ -171,3 +171,17 @@ def test_plc_that_goes_away_is_reconnected_and_the_gap_recorded(modbus_plc):
     assert plc.read_coils(COIL + READY, 1) == [True]
     assert wait_until(lambda: plc.read_regs(REG + HB, 1)[0] > r[HB], 2)
     io.close()
+
+
+def test_registers_only_plc_gets_the_bits_in_the_status_word(modbus_plc):
+    plc = modbus_plc
+    c = cfg(plc.port)
+    c["outputs"][1].update(coils=False, coil_base=0)
+    io = LineIO(c).start()
+    t0 = time.monotonic()
+    io.expect(1, t0)
+    io.decide(dec(1, t0, True))
+    io.close()
+    words = [w[3][0] for w in plc.writes if w[1] == 16 and w[2] == REG + STATUS]
+    assert 0b101 in words and words[-1] == 0          # ready+reject during the pulse, then off
+    assert not [w for w in plc.writes if w[1] in (5, 15)]

@@ -23,6 +23,11 @@ def _u32(v):
     return [v >> 16, v & 0xFFFF]
 
 
+def _status_word(coils, coil_mode):
+    """The coils as bits; in coil mode the reject pulse lives on its coil only."""
+    return sum(1 << k for k, b in enumerate(coils) if b and not (coil_mode and k == C_REJECT))
+
+
 def _part_number(part_id, seq):
     try:
         return int(part_id)
@@ -112,7 +117,7 @@ class ModbusOutput(QueuedOutput):
     def _bit(self, i, value):
         with self._lock:
             self.coils[i] = bool(value)
-            word = sum(1 << k for k, b in enumerate(self.coils) if b)
+            word = _status_word(self.coils, self.cfg["coils"])
             changed = self.regs[R_STATUS] != word
             self.regs[R_STATUS] = word
         if self.cfg["coils"]:
@@ -147,7 +152,7 @@ class ModbusOutput(QueuedOutput):
             for i, key in ((C_READY, "ready"), (C_FAULT, "fault"), (C_STOP, "stop_line"),
                            (C_REJECT_ALL, "reject_all")):
                 self.coils[i] = bool(s[key])
-            self.regs[R_STATUS] = sum(1 << k for k, b in enumerate(self.coils) if b)
+            self.regs[R_STATUS] = _status_word(self.coils, self.cfg["coils"])
             self.regs[R_FAULT] = FAULT_CODES.get(s.get("fault_kind"), 9)
         self.submit("regs", (R_STATUS, R_STATUS + 1))
         self.submit("regs", (R_FAULT, R_FAULT + 1))
