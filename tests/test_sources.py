@@ -180,3 +180,32 @@ def test_video_file_through_opencv(tmp_path):
     levels = [float(f.image.mean()) for f in frames]
     assert all(abs(lv - 10 * i) < 4 for i, lv in enumerate(levels)), levels
     assert frames[0].image.shape == (120, 160, 3)
+
+
+def test_without_pygobject_files_fall_back_to_opencv(tmp_path):
+    path = make_video(str(tmp_path / "clip.avi"), frames=5)
+    code = ("import sys; sys.modules['gi'] = None\n"            # as if PyGObject were not installed
+            "from edge.sources import open_source, SourceEnded\n"
+            f"src = open_source({path!r}).start()\n"
+            "n = 0\n"
+            "try:\n"
+            "    while src.read(10) is not None: n += 1\n"
+            "except SourceEnded: pass\n"
+            "print(src.describe().split(':')[0], n)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.split() == ["opencv", "5"], out.stderr
+    code = ("import sys; sys.modules['gi'] = None\n"
+            "from edge.sources import open_source\n"
+            "open_source('gige://cam', {'backend': 'gstreamer'})\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert "PyGObject" in out.stderr and "gir1.2-gstreamer-1.0" in out.stderr
+
+
+def test_read_after_close_ends(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    src = open_source(str(tmp_path), {"loop": True}).start()
+    src.close()
+    with pytest.raises(SourceEnded, match="closed"):
+        src.read(0.1)

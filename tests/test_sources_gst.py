@@ -162,3 +162,19 @@ def test_gige_fake_camera_unplugged_and_back():
     assert [f.seq for f in w.frames] == list(range(len(w.frames)))
     img = w.frames[-1].image
     assert img.shape == (512, 512, 3) and img.dtype == np.uint8 and img.std() > 0
+
+
+def test_rtsp_through_opencv_ffmpeg():
+    server = RtspServer().start()
+    src = open_source(server.url, {"backend": "opencv", **FAST_RECONNECT})
+    w = Watch(src)
+    try:
+        src.start()
+        w.until(w.frames_after(0, 3))
+        assert src.describe().startswith("opencv: cv2.VideoCapture(") and "CAP_FFMPEG" in src.describe()
+        server.stop()
+        w.until(lambda: "lost" in w.kinds())
+    finally:
+        src.close()
+        server.stop()
+    assert w.frames[0].image.shape == (120, 160, 3)

@@ -97,7 +97,11 @@ class Source:
             raise RuntimeError("Source.read() before start()")
         deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
         with self._ready:
-            while not self._buf:
+            while True:
+                if self._stop.is_set():
+                    raise SourceEnded(f"{self._where()} is closed")
+                if self._buf:
+                    break
                 if self._error is not None:
                     err, self._error = self._error, None
                     raise err

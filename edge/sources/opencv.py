@@ -23,7 +23,11 @@ def has_gstreamer():
 class OpenCvCapture:
     def __init__(self, target, api, finite, options):
         self.target, self.api, self.finite = target, api, finite
-        self.cap = cv2.VideoCapture(target, api)
+        params = []
+        if api == cv2.CAP_FFMPEG and hasattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC"):
+            # a stream that stops must not block read() for FFmpeg's default 30 s
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000]
+        self.cap = cv2.VideoCapture(target, api, params)
         if not self.cap.isOpened():
             self.cap.release()
             raise Lost(f"cv2.VideoCapture could not open {target!r} ({_API_NAMES.get(api, api)})")
