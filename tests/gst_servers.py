@@ -64,6 +64,16 @@ def _wait_tcp(port, proc, deadline_s=15.0):
     return False
 
 
+def _die_with_parent():
+    """preexec_fn: the child is killed if the test process dies first (Linux prctl)."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 # -- RTSP server -------------------------------------------------------------------------
 class RtspServer:
     """A child process serving MJPEG from videotestsrc at rtsp://127.0.0.1:PORT/test."""
@@ -79,7 +89,8 @@ class RtspServer:
 
     def start(self):
         self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "gst_servers.py"), "rtsp", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=_die_with_parent)
         if not _wait_tcp(self.port, self.proc):
             err = self.stop()
             raise RuntimeError(f"RTSP server did not start on 127.0.0.1:{self.port}: {err}")
@@ -140,7 +151,7 @@ class FakeGigECamera:
         if not _gvcp_port_free():
             pytest.skip(f"UDP 127.0.0.1:{GVCP_PORT} is busy (another GigE camera simulator is running)")
         self.proc = subprocess.Popen([FAKE_CAMERA, "-i", "127.0.0.1"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         end = time.monotonic() + 10
         while _gvcp_port_free():        # it has bound the control port once ours fails
             if self.proc.poll() is not None or time.monotonic() > end:
