@@ -16,7 +16,7 @@ import subprocess
 
 from ..errors import EdgeError
 from .base import Source, SourceEnded
-from .uri import SCHEMES, SourceSpec, mask_credentials, parse, supported
+from .uri import SCHEMES, mask_credentials, parse
 
 __all__ = ["open_source", "SourceEnded", "Source", "SCHEMES", "parse"]
 

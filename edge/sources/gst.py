@@ -7,6 +7,7 @@ nvv4l2decoder (hardware decode), nvvidconv (colour conversion and scaling); else
 decodebin / jpegdec and videoconvert / videoscale.
 """
 
+import os
 import re
 
 import numpy as np
@@ -269,7 +270,6 @@ def opener(spec, options, where, has=None):
     pipeline = build(spec, options, has)
     check_elements(pipeline, where, has)
     if spec.kind == "file":
-        import os
         if not os.path.isfile(spec.target):
             raise EdgeError("video file not found", spec.target)
     return (lambda: GstCapture(pipeline, options, where)), pipeline
