@@ -82,8 +82,16 @@ class EfficientNetLite(nn.Module):
                 cin = cout
             taps.append(len(blocks) - 1)
         self._blocks = nn.ModuleList(blocks)
-        self.taps = (taps[2], taps[4])          # ends of the stride-8 and stride-16 stages
-        self.channels = (_round_filters(40, width), _round_filters(112, width))
+        self._stage_ends = {4: taps[1], 8: taps[2], 16: taps[4]}
+        self._stage_channels = {4: _round_filters(24, width), 8: _round_filters(40, width), 16: _round_filters(112, width)}
+        self.select((8, 16))
+
+    def select(self, strides):
+        """Which feature maps forward() returns: strides from 4, 8, 16."""
+        self.strides = tuple(sorted(strides))
+        self.taps = tuple(self._stage_ends[s] for s in self.strides)
+        self.channels = tuple(self._stage_channels[s] for s in self.strides)
+        return self
 
     def forward(self, x):
         x = torch.clamp(self._bn0(self._conv_stem(x)), 0, 6)
@@ -161,14 +169,23 @@ class ResNet(nn.Module):
                 mods.append(block(cin, planes, 2 if (j == 0 and i > 0) else 1, width))
                 cin = planes * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*mods))
-        self.channels = (128 * block.expansion, 256 * block.expansion)
+        self._stage_channels = {4: 64 * block.expansion, 8: 128 * block.expansion, 16: 256 * block.expansion}
+        self.select((8, 16))
+
+    def select(self, strides):
+        self.strides = tuple(sorted(strides))
+        self.channels = tuple(self._stage_channels[s] for s in self.strides)
+        return self
 
     def forward(self, x):
         x = torch.relu(self.bn1(self.conv1(x)))
         x = nn.functional.max_pool2d(x, 3, 2, 1)
-        x = self.layer1(x)
-        f8 = self.layer2(x)
-        return [f8, self.layer3(f8)]
+        out = {4: self.layer1(x)}
+        if self.strides[-1] >= 8:
+            out[8] = self.layer2(out[4])
+        if self.strides[-1] >= 16:
+            out[16] = self.layer3(out[8])
+        return [out[s] for s in self.strides]
 
 
 BACKBONES = sorted(_LITE) + sorted(_RESNETS)

@@ -15,17 +15,22 @@ class Embedder(nn.Module):
     """Backbone feature maps -> one map at the finest tap's resolution.
     `pool`: average each level over a 3x3 neighbourhood first (PatchCore's locally aware patches)."""
 
-    def __init__(self, pool=True):
+    def __init__(self, pool=True, strides=(8, 16), out_stride=8):
         super().__init__()
         self.pool = pool
+        self.strides = tuple(strides)
+        self.out_stride = out_stride
 
     def forward(self, feats):
-        size = feats[0].shape[-2:]
+        ref = self.strides.index(self.out_stride)
+        size = feats[ref].shape[-2:]
         out = []
-        for f in feats:
+        for f, s in zip(feats, self.strides):
             if self.pool:
                 f = F.avg_pool2d(f, 3, 1, 1, count_include_pad=False)
-            if f.shape[-2:] != size:
+            if s < self.out_stride:
+                f = F.avg_pool2d(f, self.out_stride // s)
+            elif s > self.out_stride:
                 f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
             out.append(f)
         return torch.cat(out, 1)
@@ -61,12 +66,15 @@ class MapSmoother(nn.Module):
 class AnomalyGraph(nn.Module):
     """frames: N x H x W x 3 uint8 RGB -> (anomaly_map N x H x W float32, score N float32)."""
 
-    def __init__(self, backbone, embedder, head, out_hw, sigma=4.0, border=16):
+    def __init__(self, backbone, embedder, head, out_hw, sigma=4.0, border=16, score_fraction=0.04):
         super().__init__()
         # Mirror `border` pixels around the frame before the backbone and crop the features
         # back: without it, patches at the edges see the convolutions' zero padding and
         # score high on good parts.
         self.border = int(border)
+        # The image score: mean of the highest `score_fraction` of patch scores (0: the smoothed
+        # map's maximum). A few percent is steadier than the single highest patch.
+        self.score_fraction = float(score_fraction)
         self.backbone = backbone
         self.embedder = embedder
         self.head = head
@@ -83,9 +91,15 @@ class AnomalyGraph(nn.Module):
             x = F.pad(x, (b, b, b, b), mode="reflect")
         feats = self.backbone(x)
         if b:
-            feats = [f[:, :, b // s:f.shape[2] - b // s, b // s:f.shape[3] - b // s] for f, s in zip(feats, (8, 16))]
+            feats = [f[:, :, b // s:f.shape[2] - b // s, b // s:f.shape[3] - b // s]
+                     for f, s in zip(feats, self.backbone.strides)]
         return self.embedder(feats)
 
     def forward(self, frames):
-        amap = self.smoother(self.head(self.features(frames)))
+        patches = self.head(self.features(frames))
+        amap = self.smoother(patches)
+        if self.score_fraction > 0:
+            flat = patches.flatten(1)
+            k = max(1, int(round(self.score_fraction * self.head.hw[0] * self.head.hw[1])))
+            return amap, flat.topk(k, dim=1).values.mean(1)
         return amap, amap.flatten(1).amax(1)

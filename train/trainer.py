@@ -60,7 +60,8 @@ def embed(graph, images, batch=16, progress=None):
 
 
 def train_bundle(method, data, out, size=(256, 256), backbone="efficientnet-lite0", weights=None,
-                 roi=None, holdout=0.15, sigma=4.0, method_params=None, evaluate=True, threads=None, border=16):
+                 roi=None, holdout=0.15, sigma=4.0, method_params=None, evaluate=True, threads=None, border=16,
+                 strides=(4, 8, 16)):
     t0 = time.monotonic()
     ds = MvtecSet(data)
     train_paths = ds.train_good()
@@ -72,12 +73,12 @@ def train_bundle(method, data, out, size=(256, 256), backbone="efficientnet-lite
         hold_from = f"train/good, every {len(train_paths) / len(hold_paths):.1f}th image held out"
     pre = Preprocessor(size[0], size[1], roi)
     model = get_method(method)(**(method_params or {}))
-    net = build_backbone(backbone, weights)
+    net = build_backbone(backbone, weights).select(strides)
     say(f"training {method} on {len(fit_paths)} good images of {ds.root} at {size[0]}x{size[1]} ({backbone})")
 
     fit_imgs = load_images(fit_paths, pre, Progress("reading images", len(fit_paths)))
     hold_imgs = load_images(hold_paths, pre)
-    graph = AnomalyGraph(net, Embedder(model.pool), None, size, sigma, border).eval()
+    graph = AnomalyGraph(net, Embedder(model.pool, net.strides, 8), None, size, sigma, border).eval()
     emb = embed(graph, fit_imgs, progress=Progress("features", len(fit_imgs)))
     t_feat = time.monotonic() - t0
     model.fit(emb, progress=Progress(f"fitting {method}", 1))
@@ -100,13 +101,14 @@ def train_bundle(method, data, out, size=(256, 256), backbone="efficientnet-lite
             "input": {"height": size[0], "width": size[1], "layout": "NHWC", "dtype": "uint8",
                       "colour_order": "RGB", "roi": list(roi) if roi else None,
                       "normalisation": {"mean": list(net.mean), "std": list(net.std), "where": "in graph"}},
-            "outputs": {"anomaly_map": "N x H x W float32", "score": "N float32 (max of the smoothed map)"},
+            "outputs": {"anomaly_map": "N x H x W float32", "score": f"N float32 (mean of the top {graph.score_fraction:.0%} patch scores)"},
             "graphs": {"fp32": {"file": "model.onnx"}},
             "threshold": threshold,
             "score_stats": {"holdout_good": score_stats(ort_out[1])},
             "training": {
                 "data": ds.root, "fingerprint": ds.fingerprint(), "fit_images": len(fit_paths),
                 "holdout_images": len(hold_paths), "method_params": model.params(), "map_sigma": sigma,
+                "feature_strides": list(net.strides), "border": border,
                 "backbone_weights": os.path.basename(net.weights_file), "seconds": round(t_fit, 2),
                 "feature_seconds": round(t_feat, 2), "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                 "toolkit": __version__, "torch": str(torch.__version__), "host": platform.node()},

@@ -25,7 +25,7 @@ class MahalanobisHead(nn.Module):
 
 class Padim:
     name = "padim"
-    pool = False
+    pool = False   # PaDiM models each position's own features, no neighbourhood averaging
 
     def __init__(self, dims=100, reg=0.01, seed=0):
         self.dims = int(dims)

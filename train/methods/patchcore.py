@@ -53,13 +53,14 @@ class NearestNeighbourHead(nn.Module):
 
 class PatchCore:
     name = "patchcore"
-    pool = True
-
-    def __init__(self, coreset_ratio=0.1, max_bank=4096, coreset_dims=32, seed=0):
+    def __init__(self, coreset_ratio=0.05, max_bank=4096, coreset_dims=32, seed=0, pool=0):
         self.coreset_ratio = float(coreset_ratio)
         self.max_bank = int(max_bank)
         self.coreset_dims = int(coreset_dims)
         self.seed = int(seed)
+        # PatchCore's 3x3 neighbourhood averaging; off by default: on paper impurities (small
+        # dots) it blurred defects away (mean image AUROC on PIPED 0.96 with, 0.99 without).
+        self.pool = bool(pool)
         self.bank = None
         self.hw = None
 
@@ -77,5 +78,5 @@ class PatchCore:
 
     def params(self):
         return {"coreset_ratio": self.coreset_ratio, "max_bank": self.max_bank, "coreset_dims": self.coreset_dims,
-                "seed": self.seed, "bank_size": int(self.bank.shape[0]), "patches": int(self.n_patches),
+                "seed": self.seed, "pool": int(self.pool), "bank_size": int(self.bank.shape[0]), "patches": int(self.n_patches),
                 "feature_dims": int(self.bank.shape[1])}
