@@ -21,7 +21,8 @@ COMMANDS = {
 
 
 def build_parser(load_modules=True):
-    parser = argparse.ArgumentParser(prog="edge", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="edge", description="Visual anomaly detection for factory lines: "
+                                     "train, convert, run line-side with reject signals.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -1,0 +1,287 @@
+"""The line-side pipeline: capture -> preprocess -> infer -> decide -> act / record / view.
+
+Each stage runs in its own thread, joined by bounded queues. Every frame keeps its sequence
+number and capture time from the source to the record, so a decision names its frame.
+  inspect-all: the capture stage waits when the queue is full (back-pressure): every
+               captured frame gets a verdict.
+  latest:      the oldest queued frame is dropped instead; every drop is counted and
+               recorded, and the line's fail-safe handles the part that got no verdict.
+A stage that fails (source lost, engine error) is recorded and reported to the line outputs;
+stop() (SIGTERM) lets in-flight frames finish and be recorded before the run ends."""
+
+import collections
+import sys
+import queue
+import threading
+import time
+
+import numpy as np
+
+from .errors import EdgeError
+from .sources import SourceEnded
+from .types import Decision
+
+_END = object()
+
+
+class Stats:
+    """Counters and a window of recent latencies, shared between stages."""
+
+    def __init__(self, window=2000):
+        self.lock = threading.Lock()
+        self.t0 = time.monotonic()
+        self.captured = self.decided = self.rejects = self.dropped = self.late = self.outages = 0
+        self.latency = collections.deque(maxlen=window)     # capture -> decision, s
+        self.added = collections.deque(maxlen=window)       # latency minus engine time, s
+        self.engine = collections.deque(maxlen=window)      # engine time per frame, s
+        self.engine_total = 0.0
+        self.t_first = self.t_last = None
+
+    def decision(self, d, engine_s, batch):
+        with self.lock:
+            self.decided += 1
+            self.rejects += d.reject
+            self.late += d.reason == "late"
+            self.latency.append(d.latency_s)
+            self.added.append(d.latency_s - engine_s)
+            self.engine.append(engine_s / batch)
+            now = time.monotonic()
+            self.t_first = self.t_first or now
+            self.t_last = now
+
+    def snapshot(self):
+        with self.lock:
+            lat = np.array(self.latency) * 1000 if self.latency else np.zeros(1)
+            add = np.array(self.added) * 1000 if self.added else np.zeros(1)
+            span = (self.t_last - self.t_first) if self.t_first and self.t_last and self.decided > 1 else 0
+            return {"captured": self.captured, "decided": self.decided, "rejects": self.rejects,
+                    "dropped": self.dropped, "late": self.late, "outages": self.outages,
+                    "fps": (self.decided - 1) / span if span > 0 else 0.0,
+                    "latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p95": float(np.percentile(lat, 95)),
+                    "latency_ms_p99": float(np.percentile(lat, 99)),
+                    "added_ms_p50": float(np.percentile(add, 50)), "added_ms_p95": float(np.percentile(add, 95)),
+                    "engine_ms_per_frame": float(np.mean(self.engine) * 1000) if self.engine else 0.0,
+                    "elapsed_s": time.monotonic() - self.t0}
+
+
+class Pipeline:
+    def __init__(self, source, preprocess, engine, threshold, *, mode="inspect-all", batch=4, queue_size=8,
+                 min_area=0.0, deadline_ms=1000.0, max_frames=None, store=None, line=None, view=None,
+                 save="flagged", on_reject=None):
+        self.source, self.pre, self.engine = source, preprocess, engine
+        self.threshold, self.min_area, self.deadline_s = float(threshold), float(min_area), deadline_ms / 1000
+        self.mode, self.batch, self.max_frames = mode, max(1, int(batch)), max_frames
+        self.store, self.line, self.view, self.save = store, line, view, save
+        self.on_reject = on_reject
+        self.q_in = queue.Queue(queue_size)
+        self.q_out = queue.Queue(queue_size)
+        self.q_rec = queue.Queue(max(64, queue_size * 4))
+        self.stats = Stats()
+        self.stopping = threading.Event()
+        self.errors = []
+        self._threads = []
+
+    # ---- control -------------------------------------------------------------------------
+    def start(self):
+        for name, fn in (("capture", self._capture), ("infer", self._infer), ("decide", self._decide),
+                         ("record", self._record)):
+            t = threading.Thread(target=self._guard, args=(name, fn), name=f"edge-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self):
+        """Stop capturing; frames already captured are still decided and recorded."""
+        self.stopping.set()
+
+    def running(self):
+        return any(t.is_alive() for t in self._threads)
+
+    def join(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not self.running()
+
+    def _guard(self, name, fn):
+        try:
+            fn()
+        except BaseException as exc:              # a stage's failure must reach the line and the records
+            self.errors.append(f"{name}: {exc}")
+            self._event(f"{name}_error", {"error": str(exc)})
+            if self.line is not None:
+                self.line.fault("engine" if name == "infer" else "queue" if name != "capture" else "source", str(exc))
+            self.stopping.set()
+            self._drain_after_failure(name)
+
+    def _drain_after_failure(self, name):
+        """Keep the stages ending in order after one died; frames it leaves are reported."""
+        upstream = {"infer": self.q_in, "decide": self.q_out, "record": self.q_rec}.get(name)
+        downstream = {"infer": self.q_out, "decide": self.q_rec}.get(name)
+        if upstream is not None:
+            self._discard(upstream, f"{name} failed")
+        if downstream is not None:
+            downstream.put(_END)
+
+    def _discard(self, q, why):
+        while True:
+            try:
+                item = q.get(timeout=5.0)
+            except queue.Empty:
+                return
+            if item is _END:
+                return
+            self._event("undecided", {"seq": item[0].seq, "why": why})
+
+    def _event(self, kind, detail):
+        if self.store is not None:
+            try:
+                self.store.event(kind, detail)
+            except Exception as exc:             # a broken store must not stop the line
+                if kind != "record_error":
+                    sys.stderr.write(f"edge: cannot record event {kind}: {exc}\n")
+
+    # ---- stages --------------------------------------------------------------------------
+    def _capture(self):
+        last_seq = None
+        try:
+            while not self.stopping.is_set():
+                try:
+                    frame = self.source.read(timeout=0.5)
+                except SourceEnded:
+                    break
+                self._source_events()
+                if frame is None:
+                    continue
+                if last_seq is not None and frame.seq > last_seq + 1:
+                    with self.stats.lock:
+                        self.stats.dropped += frame.seq - last_seq - 1
+                    self._event("dropped", {"from_seq": last_seq + 1, "count": frame.seq - last_seq - 1, "at": "source"})
+                last_seq = frame.seq
+                if self.line is not None:
+                    self.line.expect(frame.seq, frame.t_capture, frame.encoder, frame.part_id)
+                item = (frame, self.pre(frame.image))
+                with self.stats.lock:
+                    self.stats.captured += 1
+                self._enqueue(item)
+                if self.max_frames and self.stats.captured >= self.max_frames:
+                    break
+        finally:
+            self._source_events()
+            self.q_in.put(_END)
+
+    def _source_events(self):
+        for ev in self.source.events():
+            kind = ev.get("kind")
+            self._event(f"source_{kind}", ev)
+            if kind == "lost":
+                with self.stats.lock:
+                    self.stats.outages += 1
+                if self.line is not None:
+                    self.line.fault("source", ev.get("detail", "camera lost"))
+            elif kind == "reopened" and self.line is not None:
+                self.line.healthy()
+
+    def _enqueue(self, item):
+        if self.mode == "latest":
+            while True:
+                try:
+                    self.q_in.put_nowait(item)
+                    return
+                except queue.Full:
+                    try:
+                        old = self.q_in.get_nowait()
+                    except queue.Empty:
+                        continue
+                    with self.stats.lock:
+                        self.stats.dropped += 1
+                    self._event("dropped", {"seq": old[0].seq, "at": "queue"})
+        while True:                                # inspect-all: back-pressure, never drop
+            try:
+                self.q_in.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _infer(self):
+        h, w = self.pre.size[1], self.pre.size[0]
+        buf = np.empty((self.batch, h, w, 3), np.uint8)
+        done = False
+        while not done:
+            item = self.q_in.get()
+            if item is _END:
+                break
+            items = [item]
+            while len(items) < self.batch:
+                try:
+                    nxt = self.q_in.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _END:
+                    done = True
+                    break
+                items.append(nxt)
+            n = len(items)
+            for i, (_, x) in enumerate(items):
+                buf[i] = x
+            t0 = time.monotonic()
+            maps, scores = self.engine.infer(buf[:n])
+            spent = time.monotonic() - t0
+            for i, (frame, x) in enumerate(items):
+                self.q_out.put((frame, x, maps[i], float(scores[i]), spent, n))
+        self.q_out.put(_END)
+
+    def _decide(self):
+        thr = self.threshold
+        while True:
+            item = self.q_out.get()
+            if item is _END:
+                break
+            frame, x, amap, score, spent, n = item
+            area = float(np.count_nonzero(amap >= thr)) / amap.size
+            over = score >= thr
+            reject = over and area >= self.min_area
+            reason = "score" if reject else ("small" if over else "ok")
+            latency = time.monotonic() - frame.t_capture
+            if latency > self.deadline_s:
+                reason = "late"
+            d = Decision(frame.seq, frame.t_capture, frame.wall, score, reject, reason, latency, area,
+                         frame.encoder, frame.part_id, {"engine_ms": spent * 1000, "batch": n})
+            if self.line is not None:
+                self.line.decide(d)
+            self.stats.decision(d, spent, n)
+            if self.view is not None:
+                self.view.update(x, amap, d, thr)
+            if reject and self.on_reject is not None:
+                self.on_reject(d)
+            keep = self.save == "all" or (self.save == "flagged" and reject)
+            self.q_rec.put((d, x if keep else None, amap if keep else None))
+        self.q_rec.put(_END)
+
+    def _record(self):
+        while True:
+            item = self.q_rec.get()
+            if item is _END:
+                break
+            if self.store is not None:
+                d, image, amap = item
+                self.store.add(d, image, amap, self.threshold)
+            if self.line is not None:
+                for ev in self.line.events():
+                    self._event(f"line_{ev.get('kind')}", ev)
+        if self.store is not None:
+            self.store.flush()
+
+
+def run_pipeline(pipeline, status=None, every_s=2.0):
+    """Start, report status every `every_s` through `status(snapshot)`, and wait for the end."""
+    pipeline.start()
+    next_t = time.monotonic() + every_s
+    while pipeline.running():
+        pipeline.join(timeout=min(0.2, every_s))
+        if status and time.monotonic() >= next_t:
+            status(pipeline.stats.snapshot())
+            next_t += every_s
+    if pipeline.errors:
+        raise EdgeError("; ".join(pipeline.errors))
+    return pipeline.stats.snapshot()

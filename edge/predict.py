@@ -1,0 +1,52 @@
+"""`edge predict BUNDLE IMAGE_OR_FOLDER [--out DIR]`: score and verdict per image, heat-map overlays."""
+
+import os
+
+import numpy as np
+
+from .bundle import Bundle
+from .engines import open_engine
+from .errors import EdgeError
+from .imageio import IMAGE_EXTENSIONS, list_images, read_rgb
+from .overlay import heat_overlay, label, write_png
+from .preprocess import Preprocessor
+
+
+def add_arguments(p):
+    p.add_argument("bundle", help="model bundle folder")
+    p.add_argument("images", help="an image file or a folder of images")
+    p.add_argument("--out", help="write a heat-map overlay per image here")
+    p.add_argument("--threshold", type=float, help="override the bundle's threshold")
+    p.add_argument("--engine", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--batch", type=int, default=8)
+
+
+def run(args):
+    bundle = Bundle(args.bundle)
+    if os.path.isdir(args.images):
+        paths = list_images(args.images)
+        if not paths:
+            raise EdgeError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) in folder", args.images)
+    elif os.path.isfile(args.images):
+        paths = [args.images]
+    else:
+        raise EdgeError("no such image or folder", args.images)
+    thr = bundle.threshold if args.threshold is None else args.threshold
+    pre = Preprocessor.for_bundle(bundle)
+    rejects = 0
+    with open_engine(bundle, args.engine, args.precision, batch=args.batch) as engine:
+        for i in range(0, len(paths), args.batch):
+            chunk = paths[i:i + args.batch]
+            frames = np.stack([pre(read_rgb(p)) for p in chunk])
+            maps, scores = engine.infer(frames)
+            for p, frame, amap, score in zip(chunk, frames, maps, scores):
+                reject = bool(score >= thr)
+                rejects += reject
+                print(f"{p}\t{score:.4f}\t{'REJECT' if reject else 'ok'}")
+                if args.out:
+                    name = os.path.splitext(os.path.basename(p))[0] + "_overlay.png"
+                    write_png(os.path.join(args.out, name),
+                              label(heat_overlay(frame, amap, thr), f"{score:.4g} {'REJECT' if reject else 'ok'}", reject))
+    print(f"{rejects} of {len(paths)} rejected at threshold {thr:.4g}")
+    return 0

@@ -1,0 +1,147 @@
+"""`edge run CONFIG.yaml`: the line-side loop, all day, without torch."""
+
+import os
+import signal
+import sys
+
+from .bundle import Bundle
+from .config import load_config, validate
+from .engines import open_engine
+from .errors import EdgeError
+from .pipeline import Pipeline, run_pipeline
+from .preprocess import Preprocessor
+
+
+def add_arguments(p):
+    p.add_argument("config", help="run configuration (YAML); see deploy/config/example.yaml")
+    p.add_argument("--bundle", help="override config bundle:")
+    p.add_argument("--source", help="override config source: (a URI)")
+    p.add_argument("--records", metavar="DB", help="override config records.db")
+    p.add_argument("--max-frames", type=int, help="stop after N frames")
+    p.add_argument("--engine", choices=("auto", "onnxruntime", "tensorrt"), help="override engine.kind")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="override engine.precision")
+    p.add_argument("--quiet", action="store_true", help="no status lines, only the summary")
+
+
+def build_config(args):
+    raw = load_config(args.config)
+    if args.bundle:
+        raw["bundle"] = os.path.abspath(args.bundle)
+    if args.source:
+        src = raw.get("source")
+        raw["source"] = {"uri": args.source, "options": src.get("options", {})} if isinstance(src, dict) else args.source
+    if args.records:
+        raw.setdefault("records", {})
+        raw["records"] = dict(raw["records"] or {}, db=os.path.abspath(args.records))
+    if args.max_frames:
+        raw["max_frames"] = args.max_frames
+    for key in ("engine", "precision"):
+        value = getattr(args, key)
+        if value:
+            raw.setdefault("engine", {})
+            raw["engine"] = dict(raw["engine"] or {}, **{"kind" if key == "engine" else key: value})
+    return validate(raw, os.path.dirname(os.path.abspath(args.config)))
+
+
+def format_status(s):
+    return (f"{s['fps']:6.1f} fps  latency p50 {s['latency_ms_p50']:6.1f} ms p95 {s['latency_ms_p95']:6.1f} ms  "
+            f"decided {s['decided']}  rejects {s['rejects']}  dropped {s['dropped']}  late {s['late']}  "
+            f"outages {s['outages']}")
+
+
+def open_parts(cfg):
+    """Bundle, engine, source, records, line and view, opened in that order; each failure
+    names its part. Returns a dict; the caller closes what it got through close_parts."""
+    parts = {}
+    try:
+        bundle = parts["bundle"] = Bundle(cfg["bundle"])
+        e = cfg["engine"]
+        parts["engine"] = open_engine(bundle, e["kind"], e["precision"], batch=e["batch"], threads=e["threads"])
+        from .sources import open_source
+        options = dict(cfg["source"]["options"])
+        if cfg["mode"] == "latest":
+            options.setdefault("drop", True)
+        parts["source"] = open_source(cfg["source"]["uri"], options)
+        rec = cfg["records"]
+        if rec["db"]:
+            from .records import RecordStore
+            images = rec["images"] or os.path.join(os.path.dirname(rec["db"]) or ".", "images")
+            parts["store"] = RecordStore(rec["db"], images, rec["quota_mb"], rec["save"], rec["format"])
+        if cfg["line"]:
+            from .outputs import LineIO
+            parts["line"] = LineIO(cfg["line"])
+            parts["line"].start()
+        if cfg["view"]:
+            from .liveview import LiveView
+            parts["view"] = LiveView(cfg["view"]["host"], cfg["view"]["port"])
+            parts["view"].start()
+        parts["source"].start()
+    except BaseException:
+        close_parts(parts)
+        raise
+    return parts
+
+
+def close_parts(parts):
+    for key in ("source", "line", "view", "engine", "store"):
+        obj = parts.get(key)
+        if obj is not None:
+            try:
+                obj.close()
+            except Exception as exc:
+                sys.stderr.write(f"edge run: closing {key}: {exc}\n")
+
+
+def run(args):
+    cfg = build_config(args)
+    parts = open_parts(cfg)
+    bundle = parts["bundle"]
+    threshold = cfg["decision"]["threshold"]
+    threshold = bundle.threshold if threshold is None else threshold
+    store = parts.get("store")
+    run_id = store.start_run(bundle.path, cfg) if store else None
+    pipe = Pipeline(parts["source"], Preprocessor.for_bundle(bundle), parts["engine"], threshold,
+                    mode=cfg["mode"], batch=cfg["engine"]["batch"], queue_size=cfg["queue_size"],
+                    min_area=cfg["decision"]["min_area"], deadline_ms=cfg["deadline_ms"],
+                    max_frames=cfg["max_frames"], store=store, line=parts.get("line"), view=parts.get("view"),
+                    save=cfg["records"]["save"],
+                    on_reject=None if args.quiet else lambda d: sys.stderr.write(
+                        f"reject: frame {d.seq} score {d.score:.4g} area {d.defect_area:.2%} "
+                        f"latency {d.latency_s * 1000:.1f} ms\n"))
+
+    def on_signal(signum, _frame):
+        sys.stderr.write(f"edge run: {signal.Signals(signum).name}: draining in-flight frames\n")
+        pipe.stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    view = parts.get("view")
+
+    def status(s):
+        if view is not None:
+            view.set_status(dict(s, healthy=not pipe.errors and (parts.get("source").stats().get("connected", True))))
+        if not args.quiet:
+            sys.stderr.write(format_status(s) + "\n")
+
+    sys.stderr.write(f"edge run: {bundle.method} bundle {bundle.path} on {parts['engine'].name} "
+                     f"({cfg['engine']['precision']}), source {parts['source'].describe()}, mode {cfg['mode']}, "
+                     f"threshold {threshold:.4g}\n")
+    summary, error = None, None
+    try:
+        summary = run_pipeline(pipe, status, cfg["status_every_s"])
+    except EdgeError as exc:
+        error = exc
+        summary = pipe.stats.snapshot()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if store is not None and summary is not None:
+            store.end_run(dict(summary, error=str(error) if error else None))
+        close_parts(parts)
+    print(f"summary: {summary['decided']} frames decided of {summary['captured']} captured, "
+          f"{summary['rejects']} rejected, {summary['dropped']} dropped, {summary['late']} late, "
+          f"{summary['outages']} source outages; {summary['fps']:.1f} fps, latency p50 "
+          f"{summary['latency_ms_p50']:.1f} ms p95 {summary['latency_ms_p95']:.1f} ms"
+          + (f"; run {run_id} in {cfg['records']['db']}" if run_id is not None else ""))
+    if error:
+        raise error
+    return 0
