@@ -1,0 +1,548 @@
+"""Installing model bundles on the line-side box, switching between them, and packing them.
+
+    edge install BUNDLE_DIR_OR_ARCHIVE [--root /opt/lineside] [--activate] [--keep 3]
+    edge rollback [--root /opt/lineside]
+    edge bundles  [--root /opt/lineside] [--verify]
+    edge pack     BUNDLE OUT.tar.gz
+
+Layout under the root (default /opt/lineside, or $LINESIDE_ROOT):
+
+    bundles/<name>-<id8>/   verified copies; <id8> starts the bundle's id (the sha256 of its
+                            manifest without the device-local `plans:`)
+    bundles.json            when each bundle was installed (for pruning)
+    current  -> bundles/... the active bundle (relative symlink, switched atomically)
+    previous -> bundles/... the one before it (`edge rollback` swaps the two)
+
+A bundle is verified (every file against the manifest's sha256) before it is copied, again
+after the copy, and again before it is made current; a bundle that fails changes nothing.
+An archive (.tar, .tar.gz, .tgz) is unpacked member by member: absolute names, '..', links
+that leave the archive, devices and FIFOs are refused. TensorRT plans are not copied (they
+are device-local): `edge build <root>/current` makes them on the box.
+
+Only the last N installed bundles are kept (default 3), plus whatever current and previous
+point to. Installs, activations and rollbacks on one root are serialised with a lock file.
+"""
+
+import errno
+import fcntl
+import gzip
+import hashlib
+import io
+import json
+import os
+import posixpath
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import yaml
+
+from .bundle import MANIFEST, Bundle, dump_yaml
+from .errors import EdgeError
+from .fsutil import StagedDir, _fsync_dir, atomic_write_text, sha256_file
+
+DEFAULT_ROOT = "/opt/lineside"
+DEFAULT_KEEP = 3
+BUNDLES = "bundles"
+CURRENT = "current"
+PREVIOUS = "previous"
+INSTALL_LOG = "bundles.json"
+LOCK = ".lock"
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+MAX_MEMBERS = 10000          # an archive with more members than this is not a bundle
+PACK_MTIME = 0               # fixed member times: the same bundle packs to the same bytes
+
+
+def default_root():
+    return os.environ.get("LINESIDE_ROOT") or DEFAULT_ROOT
+
+
+# ---- identity ---------------------------------------------------------------------------
+def bundle_id(manifest):
+    """sha256 of the manifest without `plans:` (which `edge build` adds on the device)."""
+    portable = {k: v for k, v in manifest.items() if k != "plans"}
+    text = json.dumps(portable, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _slug(text):
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-.")
+    return s[:64] or "bundle"
+
+
+def _strip_archive_suffix(name):
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def bundle_name(manifest, hint, id8):
+    """The manifest's `name`, else the folder or archive name, without a trailing -<id8>."""
+    name = manifest.get("name") or hint or manifest.get("method") or "bundle"
+    name = _slug(name)
+    if name.endswith("-" + id8):
+        name = name[: -len(id8) - 1] or "bundle"
+    return name
+
+
+# ---- archives ---------------------------------------------------------------------------
+def is_archive(path):
+    return os.path.isfile(path) and (path.endswith(ARCHIVE_SUFFIXES) or tarfile.is_tarfile(path))
+
+
+def _member_path(name, archive):
+    """The member's normalised relative path, or EdgeError when it would leave the folder."""
+    if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        raise EdgeError(f"archive member has an absolute path: {name!r}", archive)
+    parts = name.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise EdgeError(f"archive member leaves the folder ('..'): {name!r}", archive)
+    return posixpath.normpath("/".join(parts))
+
+
+def _link_target(member, rel, archive):
+    """Where a link member points, relative to the archive's top; refused when outside."""
+    target = member.linkname
+    if not target or target.startswith("/") or re.match(r"^[A-Za-z]:", target):
+        raise EdgeError(f"archive link {rel!r} points outside the archive ({target!r})", archive)
+    if member.issym():
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+    else:
+        resolved = posixpath.normpath(target)
+    if resolved == ".." or resolved.startswith("../") or resolved.startswith("/"):
+        raise EdgeError(f"archive link {rel!r} points outside the archive ({target!r})", archive)
+    return resolved
+
+
+def safe_extract(archive, dest):
+    """Unpack `archive` into the existing folder `dest`, member by member. Files are written
+    with mode 0644; a link that stays inside the archive becomes a copy of its target; any
+    member that could write outside `dest` (absolute name, '..', a link leaving the archive),
+    a device, a FIFO, a duplicate name or more than MAX_MEMBERS members is refused."""
+    dest = os.path.realpath(dest)
+    seen = set()
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise EdgeError(f"not a readable tar archive: {exc}", archive) from None
+    with tar:
+        try:
+            for count, member in enumerate(tar, 1):
+                if count > MAX_MEMBERS:
+                    raise EdgeError(f"archive has more than {MAX_MEMBERS} members", archive)
+                rel = _member_path(member.name, archive)
+                if rel == ".":
+                    continue
+                if rel in seen:
+                    raise EdgeError(f"archive member appears twice: {rel!r}", archive)
+                seen.add(rel)
+                out = os.path.join(dest, *rel.split("/"))
+                if not os.path.realpath(out).startswith(dest + os.sep):
+                    raise EdgeError(f"archive member leaves the folder: {rel!r}", archive)
+                if member.isdir():
+                    os.makedirs(out, exist_ok=True)
+                    continue
+                if member.issym() or member.islnk():
+                    _link_target(member, rel, archive)
+                elif not member.isfile():
+                    raise EdgeError(f"archive member is not a file or folder: {rel!r}", archive)
+                try:
+                    src = tar.extractfile(member)
+                except (KeyError, tarfile.TarError):
+                    src = None
+                if src is None:
+                    raise EdgeError(f"archive link {rel!r} does not point to a file in it", archive)
+                os.makedirs(os.path.dirname(out), exist_ok=True)
+                with src, open(out, "xb") as f:
+                    shutil.copyfileobj(src, f, 1 << 20)
+                os.chmod(out, 0o644)
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            raise EdgeError(f"archive is damaged: {exc}", archive) from None
+        except OSError as exc:
+            raise EdgeError(f"cannot unpack the archive: {exc}", archive) from None
+
+
+def _find_bundle_root(folder, archive):
+    if os.path.isfile(os.path.join(folder, MANIFEST)):
+        return folder, None
+    entries = [e for e in os.listdir(folder) if not e.startswith(".")]
+    if len(entries) == 1 and os.path.isfile(os.path.join(folder, entries[0], MANIFEST)):
+        return os.path.join(folder, entries[0]), entries[0]
+    raise EdgeError("archive holds no bundle (no manifest.yaml at its top or in its one folder)",
+                    archive)
+
+
+def pack(bundle_path, out_path):
+    """Write the bundle's portable part (manifest first, then the listed files in name order;
+    no plans) as a deterministic tar or tar.gz. Returns the archive's sha256."""
+    bundle = Bundle(bundle_path)
+    manifest = bundle.copy_manifest()
+    if "plans" in manifest:
+        del manifest["plans"]
+        manifest_bytes = dump_yaml(manifest).encode("utf-8")
+    else:
+        with open(os.path.join(bundle.path, MANIFEST), "rb") as f:
+            manifest_bytes = f.read()
+    names = sorted(manifest["files"])
+    for name in names:
+        _member_path(name, os.path.join(bundle.path, MANIFEST))
+
+    def info(name, size):
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode = size, PACK_MTIME, 0o644
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = ""
+        return ti
+
+    out_path = os.path.abspath(out_path)
+    folder = os.path.dirname(out_path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out_path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            gz = None
+            fileobj = raw
+            if not out_path.endswith(".tar"):
+                gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6)
+                fileobj = gz
+            with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                tar.addfile(info(MANIFEST, len(manifest_bytes)), io.BytesIO(manifest_bytes))
+                for name in names:
+                    path = os.path.join(bundle.path, name)
+                    with open(path, "rb") as f:
+                        tar.addfile(info(name, os.fstat(f.fileno()).st_size), f)
+            if gz is not None:
+                gz.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+    return sha256_file(out_path)
+
+
+# ---- the root: lock, links, install log --------------------------------------------------
+@contextmanager
+def root_lock(root):
+    os.makedirs(os.path.join(root, BUNDLES), exist_ok=True)
+    fd = os.open(os.path.join(root, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise EdgeError("another install or rollback is running on this root", root) from None
+            raise
+        yield
+    finally:
+        os.close(fd)
+
+
+def link_target(root, which):
+    """The bundle folder a link (current/previous) points to, or None."""
+    link = os.path.join(root, which)
+    if not os.path.islink(link):
+        return None
+    return os.path.normpath(os.path.join(root, os.readlink(link)))
+
+
+def _set_link(root, which, target):
+    """Point <root>/<which> at `target` atomically: a new symlink beside it, then rename."""
+    rel = os.path.relpath(target, root)
+    tmp = os.path.join(root, f".{which}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    os.symlink(rel, tmp)
+    try:
+        os.replace(tmp, os.path.join(root, which))
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    _fsync_dir(root)
+
+
+def _read_log(root):
+    try:
+        with open(os.path.join(root, INSTALL_LOG)) as f:
+            log = json.load(f)
+        return log if isinstance(log, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_log(root, log):
+    atomic_write_text(os.path.join(root, INSTALL_LOG), json.dumps(log, indent=1, sort_keys=True) + "\n")
+
+
+def installed_dirs(root):
+    folder = os.path.join(root, BUNDLES)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, e) for e in os.listdir(folder)
+                  if not e.startswith(".") and os.path.isdir(os.path.join(folder, e)))
+
+
+# ---- install / activate / rollback / prune ------------------------------------------------
+@dataclass
+class Installed:
+    name: str
+    path: str
+    id: str
+    reused: bool
+    activated: bool
+    pruned: list
+
+
+def _verified(path, what):
+    try:
+        return Bundle(path)
+    except EdgeError as exc:
+        raise EdgeError(f"{what} refused, nothing changed: {exc}") from None
+
+
+def _copy_bundle(src, dst):
+    """Copy the bundle's files (not plans/, not hidden files) and its manifest without `plans:`."""
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel_dir = os.path.relpath(dirpath, src)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not (rel_dir == "." and d == "plans"))
+        for name in sorted(filenames):
+            if name.startswith(".") or (rel_dir == "." and name == MANIFEST):
+                continue
+            out_dir = os.path.join(dst, rel_dir)
+            os.makedirs(out_dir, exist_ok=True)
+            shutil.copyfile(os.path.join(dirpath, name), os.path.join(out_dir, name))
+    with open(os.path.join(src, MANIFEST)) as f:
+        manifest = yaml.safe_load(f)
+    manifest.pop("plans", None)
+    atomic_write_text(os.path.join(dst, MANIFEST), dump_yaml(manifest))
+
+
+def _readable(folder):
+    """Folders 0755, files 0644: the service user reads what an admin installed."""
+    os.chmod(folder, 0o755)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+
+
+def install(source, root=None, activate=False, keep=DEFAULT_KEEP, log=print):
+    """Verify and copy a bundle folder or archive into <root>/bundles/<name>-<id8>; with
+    `activate`, make it current. A bundle that fails verification changes nothing."""
+    root = os.path.abspath(root or default_root())
+    source = os.path.abspath(source)
+    if not os.path.exists(source):
+        raise EdgeError("bundle folder or archive not found", source)
+    if keep < 1:
+        raise EdgeError(f"--keep must be 1 or more (got {keep})")
+    with root_lock(root):
+        bundles_dir = os.path.join(root, BUNDLES)
+        incoming = None
+        try:
+            if os.path.isdir(source):
+                src, hint = source, os.path.basename(source)
+            elif is_archive(source):
+                incoming = tempfile.mkdtemp(prefix=".incoming-", dir=bundles_dir)
+                safe_extract(source, incoming)
+                src, top = _find_bundle_root(incoming, source)
+                hint = top or _strip_archive_suffix(os.path.basename(source))
+            else:
+                raise EdgeError("not a bundle folder or a .tar/.tar.gz/.tgz archive", source)
+            bundle = _verified(src, "bundle")
+            bid = bundle_id(bundle.manifest)
+            name = bundle_name(bundle.manifest, hint, bid[:8])
+            dest, reused = _existing(bundles_dir, bid), True
+            if dest is None:
+                dest, reused = os.path.join(bundles_dir, f"{name}-{bid[:8]}"), False
+                with StagedDir(dest) as tmp:
+                    _copy_bundle(src, tmp)
+                    _readable(tmp)
+                    _verified(tmp, "copy of the bundle")   # a bad disk shows here
+            log(f"{'already installed' if reused else 'installed'}: {os.path.relpath(dest, root)}")
+        finally:
+            if incoming:
+                shutil.rmtree(incoming, ignore_errors=True)
+        entries = _read_log(root)
+        entries[os.path.basename(dest)] = time.time()
+        _write_log(root, entries)
+        activated = False
+        if activate:
+            activated = _activate(root, dest, log)
+        pruned = prune(root, keep, log=log, _locked=True)
+    return Installed(os.path.basename(dest), dest, bid, reused, activated, pruned)
+
+
+def _existing(bundles_dir, bid):
+    """An installed copy of the bundle with this id that still verifies, or None (a damaged
+    copy of the same name is then replaced by a fresh one, atomically)."""
+    suffix = "-" + bid[:8]
+    for path in installed_dirs(os.path.dirname(bundles_dir)):
+        if not os.path.basename(path).endswith(suffix):
+            continue
+        try:
+            if bundle_id(Bundle(path).manifest) == bid:
+                return path
+        except EdgeError:
+            pass
+    return None
+
+
+def _activate(root, target, log):
+    target = os.path.normpath(target)
+    _verified(target, "activation")
+    current = link_target(root, CURRENT)
+    if current == target:
+        log(f"already current: {os.path.relpath(target, root)}")
+        return False
+    if current is not None and os.path.isdir(current):
+        _set_link(root, PREVIOUS, current)
+    _set_link(root, CURRENT, target)
+    log(f"current -> {os.path.relpath(target, root)}"
+        + (f" (previous -> {os.path.relpath(current, root)})" if current else ""))
+    return True
+
+
+def activate(root, target, log=print):
+    """Make an installed bundle (a folder under <root>/bundles, or its name) current."""
+    root = os.path.abspath(root or default_root())
+    if not os.path.isabs(target) and os.sep not in target:
+        target = os.path.join(root, BUNDLES, target)
+    with root_lock(root):
+        return _activate(root, target, log)
+
+
+def rollback(root=None, log=print):
+    """Swap current and previous (so a second rollback undoes the first). Refused, with
+    nothing changed, when there is no previous bundle or it fails verification."""
+    root = os.path.abspath(root or default_root())
+    with root_lock(root):
+        previous, current = link_target(root, PREVIOUS), link_target(root, CURRENT)
+        if previous is None or not os.path.isdir(previous):
+            raise EdgeError("no previous bundle to roll back to", os.path.join(root, PREVIOUS))
+        _verified(previous, "rollback")
+        if current is not None and os.path.isdir(current):
+            _set_link(root, PREVIOUS, current)
+        _set_link(root, CURRENT, previous)
+    log(f"current -> {os.path.relpath(previous, root)}"
+        + (f" (previous -> {os.path.relpath(current, root)})" if current else ""))
+    return previous
+
+
+def prune(root=None, keep=DEFAULT_KEEP, log=print, _locked=False):
+    """Delete all but the `keep` most recently installed bundles, never current or previous;
+    also leftovers of interrupted installs. Returns the names deleted."""
+    root = os.path.abspath(root or default_root())
+    if not _locked:
+        with root_lock(root):
+            return prune(root, keep, log, _locked=True)
+    bundles_dir = os.path.join(root, BUNDLES)
+    for entry in os.listdir(bundles_dir):           # crashed installs (we hold the lock)
+        if entry.startswith(".") and (entry.startswith((".incoming-", ".deleting-"))
+                                      or entry.endswith((".partial", ".old"))):
+            shutil.rmtree(os.path.join(bundles_dir, entry), ignore_errors=True)
+    entries = _read_log(root)
+    protected = {link_target(root, CURRENT), link_target(root, PREVIOUS)}
+    dirs = installed_dirs(root)
+
+    def when(path):
+        t = entries.get(os.path.basename(path))
+        return float(t) if isinstance(t, (int, float)) else os.stat(path).st_mtime
+
+    newest_first = sorted(dirs, key=when, reverse=True)
+    removed = []
+    for path in newest_first[keep:]:
+        if os.path.normpath(path) in protected:
+            continue
+        doomed = os.path.join(bundles_dir, ".deleting-" + os.path.basename(path))
+        os.replace(path, doomed)                   # gone from the listing at once
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(os.path.basename(path))
+        log(f"removed old bundle: {os.path.relpath(path, root)}")
+    live = {os.path.basename(p) for p in installed_dirs(root)}
+    if set(entries) - live:
+        _write_log(root, {k: v for k, v in entries.items() if k in live})
+    return removed
+
+
+def list_bundles(root=None, verify=False):
+    """[{name, path, state: current|previous|'', method, created, installed, ok, problem}]
+    newest install first."""
+    root = os.path.abspath(root or default_root())
+    entries = _read_log(root)
+    current, previous = link_target(root, CURRENT), link_target(root, PREVIOUS)
+    rows = []
+    for path in installed_dirs(root):
+        row = {"name": os.path.basename(path), "path": path,
+               "state": "current" if path == current else "previous" if path == previous else "",
+               "installed": entries.get(os.path.basename(path)), "ok": True, "problem": None,
+               "method": None, "created": None}
+        try:
+            b = Bundle(path, verify=verify)
+            row["method"] = b.manifest.get("method")
+            row["created"] = (b.manifest.get("training") or {}).get("created")
+        except EdgeError as exc:
+            row["ok"], row["problem"] = False, str(exc)
+        rows.append(row)
+    rows.sort(key=lambda r: r["installed"] or 0, reverse=True)
+    return rows
+
+
+# ---- command line -------------------------------------------------------------------------
+def _command(parser):
+    return parser.prog.split()[-1]
+
+
+def add_arguments(parser):
+    cmd = _command(parser)
+    if cmd == "pack":
+        parser.add_argument("bundle", help="bundle folder")
+        parser.add_argument("out", help="archive to write (.tar.gz, .tgz or .tar)")
+        return
+    if cmd == "install":
+        parser.add_argument("source", help="bundle folder or archive (.tar, .tar.gz, .tgz)")
+        parser.add_argument("--activate", action="store_true",
+                            help="make it the current bundle (the old one becomes previous)")
+        parser.add_argument("--keep", type=int, default=DEFAULT_KEEP,
+                            help=f"installed bundles to keep besides current and previous "
+                                 f"(default {DEFAULT_KEEP})")
+    if cmd == "bundles":
+        parser.add_argument("--verify", action="store_true", help="check every file's sha256")
+        parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--root", default=None,
+                        help=f"install root (default $LINESIDE_ROOT or {DEFAULT_ROOT})")
+
+
+def run(args):
+    cmd = args.command
+    if cmd == "pack":
+        digest = pack(args.bundle, args.out)
+        print(f"packed {args.out} (sha256 {digest})")
+        return 0
+    if cmd == "install":
+        install(args.source, args.root, activate=args.activate, keep=args.keep)
+        return 0
+    if cmd == "rollback":
+        rollback(args.root)
+        return 0
+    if cmd == "bundles":
+        rows = list_bundles(args.root, verify=args.verify)
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        elif not rows:
+            print(f"no bundles installed under {os.path.abspath(args.root or default_root())}")
+        for row in rows if not args.json else ():
+            when = (time.strftime("%Y-%m-%d %H:%M", time.localtime(row["installed"]))
+                    if row["installed"] else "?")
+            print(f"{row['state'] or '-':9} {row['name']:40} {row['method'] or '?':12} installed {when}"
+                  + ("" if row["ok"] else f"  BROKEN: {row['problem']}"))
+        return 0 if all(r["ok"] for r in rows) else 1
+    raise EdgeError(f"edge.install does not serve the command '{cmd}'")
