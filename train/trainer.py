@@ -62,6 +62,7 @@ def embed(graph, images, batch=16, progress=None):
 def train_bundle(method, data, out, size=(256, 256), backbone="efficientnet-lite0", weights=None,
                  roi=None, holdout=0.15, sigma=4.0, method_params=None, evaluate=True, threads=None, border=16,
                  strides=(4, 8, 16)):
+    """Train, export, check and write the bundle at `out`; returns the PyTorch graph."""
     t0 = time.monotonic()
     ds = MvtecSet(data)
     train_paths = ds.train_good()
@@ -122,4 +123,4 @@ def train_bundle(method, data, out, size=(256, 256), backbone="efficientnet-lite
         if evaluate:
             from .evaluate import evaluate_bundle
             evaluate_bundle(tmp, data, record=True, threads=threads)
-    return out
+    return graph
