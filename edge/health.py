@@ -12,7 +12,7 @@ Checks:
            version, precision and batch is present and intact (not deserialised: the running
            service holds the GPU; `edge build` makes the plan)
   service  --url answers 200 (the live view's /healthz is 503 while the pipeline is faulted)
-  records  --records: the decisions table is readable (read-only) and, with --max-age, its last
+  records  --records: the records DB's decisions are readable (read-only) and, with --max-age, its last
            decision is at most that many seconds old
   disk     free space on the bundle's and the records' file systems is above --min-free-mb
 
@@ -102,13 +102,21 @@ def check_url(url, timeout=HTTP_TIMEOUT_S):
         raise CheckFailed(f"{url}: no answer ({reason})") from None
 
 
+DECISION_TABLES = ("records", "decisions")   # edge/records.py's table; an older name
+
+
 def last_decision_wall(db_path):
     """Wall time (seconds since the epoch) of the newest decision in the records DB, or None
-    when there is none. Read-only; the one place that knows the records schema."""
+    when there is none. Read-only; the one place that knows the records schema (edge/records.py:
+    table `records`, capture time in `wall`, indexed)."""
     uri = "file:" + urllib.parse.quote(os.path.abspath(db_path)) + "?mode=ro"
     con = sqlite3.connect(uri, uri=True, timeout=2.0)
     try:
-        row = con.execute("SELECT MAX(wall) FROM decisions").fetchone()
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        table = next((t for t in DECISION_TABLES if t in tables), None)
+        if table is None:
+            raise sqlite3.OperationalError(f"no decisions table ({' or '.join(DECISION_TABLES)})")
+        row = con.execute(f"SELECT MAX(wall) FROM {table}").fetchone()
     finally:
         con.close()
     return None if row is None or row[0] is None else float(row[0])

@@ -512,8 +512,8 @@ def add_arguments(parser):
         parser.add_argument("--activate", action="store_true",
                             help="make it the current bundle (the old one becomes previous)")
         parser.add_argument("--keep", type=int, default=DEFAULT_KEEP,
-                            help=f"installed bundles to keep besides current and previous "
-                                 f"(default {DEFAULT_KEEP})")
+                            help=f"keep the N most recently installed bundles (default {DEFAULT_KEEP}); "
+                                 f"current and previous are always kept")
     if cmd == "bundles":
         parser.add_argument("--verify", action="store_true", help="check every file's sha256")
         parser.add_argument("--json", action="store_true", help="print JSON")
