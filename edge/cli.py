@@ -17,6 +17,10 @@ COMMANDS = {
     "bench": ("edge.bench", "measure throughput and latency of each engine and precision"),
     "run": ("edge.run", "run the line-side loop: capture, infer, decide, act, record"),
     "check": ("edge.health", "health check of an installed bundle and its runtime"),
+    "install": ("edge.install", "install a bundle (folder or archive) under the install root, verified; --activate"),
+    "rollback": ("edge.install", "make the previous installed bundle current again (swaps current and previous)"),
+    "bundles": ("edge.install", "list installed bundles and which is current / previous"),
+    "pack": ("edge.install", "pack a bundle folder into a deterministic .tar.gz (manifest first, no plans)"),
 }
 
 

@@ -36,19 +36,22 @@ def greedy_coreset(x, k, dims=32, seed=0, progress=None):
 
 
 class NearestNeighbourHead(nn.Module):
-    """Distance of every patch embedding to its nearest bank entry (exported as MatMul + ReduceMin)."""
+    """Distance of every patch embedding to its nearest bank entry.
+
+    |f - b|^2 = |f|^2 + (|b|^2 - 2 f.b): the bracket is one MatMul against the bank scaled by
+    -2 plus one Add, and |f|^2 is added after the ReduceMin, so that only one N x hw x K
+    tensor is made (the largest tensor of the graph)."""
 
     def __init__(self, bank, hw):
         super().__init__()
         self.hw = tuple(int(v) for v in hw)
-        self.register_buffer("bank_t", bank.t().contiguous())
+        self.register_buffer("bank_t_m2", (-2.0 * bank).t().contiguous())
         self.register_buffer("bank_sq", (bank * bank).sum(1))
 
     def forward(self, emb):
         f = emb.flatten(2).transpose(1, 2)                       # N x hw x C
-        d2 = (f * f).sum(-1, keepdim=True) - 2.0 * (f @ self.bank_t) + self.bank_sq
-        d = d2.amin(-1).clamp_min(0.0).sqrt()
-        return d.reshape(-1, self.hw[0], self.hw[1])
+        d2 = (f @ self.bank_t_m2 + self.bank_sq).amin(-1) + (f * f).sum(-1)
+        return d2.clamp_min(0.0).sqrt().reshape(-1, self.hw[0], self.hw[1])
 
 
 class PatchCore:
