@@ -44,6 +44,15 @@ def _opt_num(d, key, where, lo, hi, kind=float):
     return None if d.get(key) is None else _num(d, key, where, lo, hi, None, kind)
 
 
+def _source_uri(uri, path_of):
+    """Relative file and folder sources are taken from the config file's folder."""
+    for prefix in ("file://", "folder://", ""):
+        rest = uri[len(prefix):]
+        if uri.startswith(prefix) and rest and "://" not in rest and "!" not in rest and not os.path.isabs(rest):
+            return prefix + path_of(rest)
+    return uri
+
+
 def validate(cfg, base_dir="."):
     """A normalised copy of the run configuration with defaults filled in; relative paths
     are taken from the config file's folder."""
@@ -62,7 +71,7 @@ def validate(cfg, base_dir="."):
         raise EdgeError("is required (a URI: folder, file://, v4l2://, rtsp://, csi://, gige://, gst://)", "source")
     options = src.get("options") or {}
     _known(options, options.keys(), "source.options")
-    out["source"] = {"uri": _str(src, "uri", "source"), "options": dict(options)}
+    out["source"] = {"uri": _source_uri(_str(src, "uri", "source"), path_of), "options": dict(options)}
     out["mode"] = _choice(cfg, "mode", "config", MODES, "inspect-all")
 
     eng = cfg.get("engine") or {}

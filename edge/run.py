@@ -118,7 +118,9 @@ def run(args):
 
     def status(s):
         if view is not None:
-            view.set_status(dict(s, healthy=not pipe.errors and (parts.get("source").stats().get("connected", True))))
+            connected = parts["source"].stats().get("connected", True)
+            fault = "; ".join(pipe.errors) or (None if connected else "camera lost")
+            view.set_status(dict(s, fault=fault, engine=parts["engine"].name, source=parts["source"].describe()))
         if not args.quiet:
             sys.stderr.write(format_status(s) + "\n")
 
