@@ -1,0 +1,84 @@
+"""INT8 variant: an explicitly quantized graph (QuantizeLinear/DequantizeLinear pairs).
+
+Only the backbone is quantized; the feature concat, the method's head, the map smoothing and
+the score stay in FP32. Choices, each for a reason:
+  * QDQ format: TensorRT reads precision from Q/DQ pairs (TensorRT 10 deprecated the INT8
+    calibrators, TensorRT 11 removed them); ONNX Runtime fuses the pairs into QLinearConv.
+  * weights: symmetric int8, per output channel (depthwise convs have a few channels each with
+    its own range: per-tensor weight scales lose most of them).
+  * activations: int8, per tensor, symmetric (zero point 0), which is what TensorRT supports.
+  * biases stay float (`QuantizeBias: False`): TensorRT's parser rejects INT32 bias Q/DQ.
+  * calibration: good training images through the bundle's own preprocessing; the range
+    method (MinMax, Entropy or Percentile) was chosen by measurement (docs/precision.md).
+"""
+
+import os
+import tempfile
+
+import numpy as np
+import onnx
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_CALIBRATION = "minmax"
+# Ops quantized inside the backbone. Clip (ReLU6) needs no Q/DQ of its own: its range is the
+# following Q's range, and ONNX Runtime and TensorRT fuse it into the conv.
+QUANTIZED_OPS = ["Conv", "Add"]
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over N x H x W x 3 uint8 frames, a few at a time."""
+
+    def __init__(self, images, input_name="frames", batch=1):
+        self.images, self.input_name, self.batch, self.pos = images, input_name, batch, 0
+
+    def get_next(self):
+        if self.pos >= len(self.images):
+            return None
+        chunk = self.images[self.pos:self.pos + self.batch]
+        self.pos += self.batch
+        return {self.input_name: np.ascontiguousarray(chunk)}
+
+    def rewind(self):
+        self.pos = 0
+
+
+def convert_int8(model, backbone_nodes, images, method=DEFAULT_CALIBRATION, percentile=99.999, dedicated=True):
+    """FP32 ModelProto (pre-processed) -> QDQ ModelProto with `backbone_nodes` (names) quantized,
+    calibrated on `images` (N x H x W x 3 uint8, the bundle's preprocessing)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    inits = {i.name for i in model.graph.initializer}
+    backbone_nodes = set(backbone_nodes)
+    # Convolutions and residual adds (both inputs activations); the input normalisation
+    # (a Mul and an Add by constants on the frames) stays in FP32 ahead of the first Q.
+    targets = [n.name for n in model.graph.node if n.name in backbone_nodes and (
+        n.op_type == "Conv" or (n.op_type == "Add" and not any(t in inits for t in n.input)))]
+    cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+          "percentile": CalibrationMethod.Percentile}[method]
+    extra = {
+        "QuantizeBias": False,          # TensorRT rejects INT32 bias Q/DQ
+        "ActivationSymmetric": True,    # zero point 0 (TensorRT)
+        "WeightSymmetric": True,
+        "CalibMovingAverage": False,
+        # One Q/DQ pair per consumer: ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv only
+        # when each pair has one consumer (a residual branch otherwise stays in FP32).
+        "DedicatedQDQPair": dedicated,
+    }
+    if method == "percentile":
+        extra["CalibPercentile"] = float(percentile)
+    with tempfile.TemporaryDirectory(prefix="edge-int8-") as tmp:
+        src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(model, src)
+        quantize_static(
+            src, dst, _Reader(images), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            nodes_to_quantize=targets, calibrate_method=cm, extra_options=extra)
+        return onnx.load(dst)
+
+
+def int8_summary(model):
+    """Counts for the manifest and the tests: Q/DQ pairs, quantized convs, INT32 tensors."""
+    ops = [n.op_type for n in model.graph.node]
+    return {"quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
+            "int8_initializers": sum(1 for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8),
+            "int32_initializers": sum(1 for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT32)}

@@ -1,0 +1,395 @@
+"""`edge quantize`: add an FP16 or INT8 variant of a bundle's graph, checked against FP32.
+
+    edge quantize BUNDLE --precision fp16|int8 [--calib-images N] [--calib-data ROOT]
+                         [--calib-method minmax|entropy|percentile] [--eval-data ROOT]
+                         [--max-drop X] [--no-trt-check]
+
+Precision lives in the graph, as TensorRT 10/11 want it (strongly typed networks; no builder
+FP16/INT8 flags, no calibrators): FP16 casts (convert/fp16.py) or INT8 Q/DQ pairs
+(convert/int8.py). Only the backbone changes precision; everything from the feature concat
+on (the method's head, map upsampling and smoothing, the score) stays FP32. Inputs and outputs
+keep their types.
+
+Steps, atomic for the bundle:
+  1. pre-process the FP32 graph (onnxruntime's quant_pre_process: shape inference, constant
+     folding) and split it into backbone and head by position (split_graph below);
+  2. convert, and write the variant under a temporary name in the bundle folder;
+  3. check it: convert.graphcheck, and a TensorRT (or TensorRT-RTX) parse-and-build;
+  4. evaluate it and FP32 under ONNX Runtime on the same images: the test split of the
+     bundle's training data set (or --eval-data) for image AUROC of both, plus the largest
+     score and map differences; without a test split, held-out good images (differences only);
+  5. refuse it (EdgeError, exit 2, bundle unchanged) when it fails a check or loses more than
+     --max-drop image AUROC (a fraction: 0.01 = one point);
+  6. rename it to model.fp16.onnx / model.int8.onnx and record it in the manifest: `graphs`
+     (file, details, accuracy) and `files` (sha256).
+"""
+
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from edge.bundle import GRAPH_FILES, Bundle
+from edge.errors import EdgeError
+from edge.preprocess import Preprocessor
+from edge.progress import say
+
+PRECISIONS = ("fp16", "int8")
+HEAD_ENTRY_OPS = ("MatMul", "Gemm", "Einsum")
+# Element-wise ops that finish a backbone layer (a conv's activation, a residual add) and
+# belong to it when all their inputs come from the backbone.
+LAYER_ENDS = ("Clip", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Add", "Mul")
+DEFAULT_CALIB_IMAGES = 32
+
+
+# ---- graph ----------------------------------------------------------------------------
+def preprocess_graph(src_path):
+    """The FP32 graph after constant folding and shape inference (a ModelProto).
+
+    ONNX Runtime's basic optimisations fold the shape arithmetic of the export into constants,
+    without its transpose optimiser (it would move the NHWC->NCHW Transpose ahead of the
+    uint8->float Cast, and TensorRT transposes no uint8); then onnxruntime's quant_pre_process
+    runs (symbolic) shape inference."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="edge-pre-") as tmp:
+        folded, dst = os.path.join(tmp, "folded.onnx"), os.path.join(tmp, "pre.onnx")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = folded
+        so.log_severity_level = 3
+        ort.InferenceSession(src_path, so, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=["TransposeOptimizer"])
+        model = onnx.load(folded)
+        if cast_before_transpose(model) | bool(fold_pads(model)):
+            onnx.save(model, folded)
+        quant_pre_process(folded, dst, skip_optimization=True, skip_symbolic_shape=False)
+        model = onnx.load(dst)
+    for i, node in enumerate(model.graph.node):       # both converters select nodes by name
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    return drop_unused_opsets(model)
+
+
+def cast_before_transpose(model):
+    """Frames -> Transpose -> Cast(float) becomes frames -> Cast -> Transpose: TensorRT's
+    parser transposes no uint8 tensor ("first input has type UInt8"). Returns True if changed."""
+    import onnx
+    from onnx import TensorProto
+
+    uint8_inputs = {i.name for i in model.graph.input if i.type.tensor_type.elem_type == TensorProto.UINT8}
+    nodes = list(model.graph.node)
+    changed = False
+    for t in nodes:
+        if t.op_type != "Transpose" or t.input[0] not in uint8_inputs:
+            continue
+        users = [n for n in nodes if t.output[0] in n.input]
+        if len(users) != 1 or users[0].op_type != "Cast":
+            continue
+        c = users[0]
+        mid, out = t.output[0], c.output[0]
+        c.input[0], c.output[0] = t.input[0], mid      # Cast(frames) -> mid (float, NHWC)
+        t.input[0], t.output[0] = mid, out             # Transpose(mid) -> out (float, NCHW)
+        ti, ci = nodes.index(t), nodes.index(c)
+        tc, cc = onnx.NodeProto(), onnx.NodeProto()
+        tc.CopyFrom(t)
+        cc.CopyFrom(c)
+        model.graph.node[ti].CopyFrom(cc)              # the Cast now comes first
+        model.graph.node[ci].CopyFrom(tc)
+        for vi in [v for v in model.graph.value_info if v.name == mid]:
+            model.graph.value_info.remove(vi)
+        changed = True
+    return changed
+
+
+def fold_pads(model):
+    """Zero-padding Pad nodes feeding only a Conv (the backbone's TensorFlow-style "same"
+    padding) become the Conv's own pads: one op fewer per layer, and under Q/DQ the padding
+    is not done in FP32 between the pairs. Returns how many were folded."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = list(model.graph.node)
+    folded = 0
+    for pad in nodes:
+        if pad.op_type != "Pad" or len(pad.input) < 2 or pad.input[1] not in inits:
+            continue
+        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
+        if mode != b"constant" or (len(pad.input) > 2 and pad.input[2]
+                                   and (pad.input[2] not in inits
+                                        or numpy_helper.to_array(inits[pad.input[2]]).any())):
+            continue
+        if len(pad.input) > 3 and pad.input[3]:          # axes: keep it simple
+            continue
+        users = [n for n in nodes if pad.output[0] in n.input]
+        if len(users) != 1 or users[0].op_type != "Conv" or users[0].input[0] != pad.output[0]:
+            continue
+        conv = users[0]
+        amounts = numpy_helper.to_array(inits[pad.input[1]]).astype(int).tolist()
+        if len(amounts) != 8 or any(amounts[i] for i in (0, 1, 4, 5)) or min(amounts) < 0:
+            continue
+        attrs = {a.name: a for a in conv.attribute}
+        if "auto_pad" in attrs and attrs["auto_pad"].s not in (b"", b"NOTSET"):
+            continue
+        old = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
+        new = [old[0] + amounts[2], old[1] + amounts[3], old[2] + amounts[6], old[3] + amounts[7]]
+        if "pads" in attrs:
+            conv.attribute.remove(attrs["pads"])
+        conv.attribute.append(onnx.helper.make_attribute("pads", new))
+        conv.input[0] = pad.input[0]
+        model.graph.node.remove(pad)
+        folded += 1
+    return folded
+
+
+def drop_unused_opsets(model):
+    """Remove opset imports of domains no node uses (quant_pre_process adds ORT's own domains,
+    which TensorRT's parser and graphcheck take for custom ops)."""
+    used = {n.domain or "" for n in model.graph.node}
+    keep = [o for o in model.opset_import if (o.domain or "") in ("", "ai.onnx") or o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    return model
+
+
+def split_graph(model):
+    """(backbone, head): node names of the graph split by position.
+
+    The head begins at the first MatMul/Gemm/Einsum (PatchCore's distances to the memory
+    bank, PaDiM's covariance products). The backbone is every node that feeds a convolution
+    which feeds that head entry (cast, normalisation, border, the trunk), plus the activations
+    and residual adds that finish the trunk's last layers. Everything else (feature crop, resize and concat, the head,
+    map upsampling and blur, the score) is the head: it stays in FP32."""
+    nodes = list(model.graph.node)
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+    entry = next((i for i, n in enumerate(nodes) if n.op_type in HEAD_ENTRY_OPS), None)
+    if entry is None:
+        raise EdgeError("cannot find the method's head in the graph (no MatMul/Gemm/Einsum)")
+
+    def ancestors(starts):
+        seen, stack = set(), list(starts)
+        while stack:
+            i = stack.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            stack.extend(producer[t] for t in nodes[i].input if t in producer)
+        return seen
+
+    trunk_convs = [i for i in ancestors([entry]) if nodes[i].op_type == "Conv"]
+    if not trunk_convs:
+        raise EdgeError("cannot find the backbone in the graph (no Conv feeds the head)")
+    backbone = ancestors(trunk_convs)
+    inits = {t.name for t in model.graph.initializer}
+    for i, n in enumerate(nodes):                     # topological order: chains of layer ends
+        if (i not in backbone and n.op_type in LAYER_ENDS and n.input and producer.get(n.input[0]) in backbone
+                and all(t in inits or t == "" or producer.get(t) in backbone for t in n.input)):
+            backbone.add(i)
+    head = [n.name for i, n in enumerate(nodes) if i not in backbone]
+    return [nodes[i].name for i in sorted(backbone)], head
+
+
+# ---- data -----------------------------------------------------------------------------
+def _data_root(bundle, override=None):
+    root = override or (bundle.manifest.get("training") or {}).get("data")
+    if not root:
+        raise EdgeError("the manifest names no training data (training.data); pass --calib-data/--eval-data")
+    if not os.path.isdir(root):
+        raise EdgeError("data folder not found (pass --calib-data/--eval-data)", root)
+    return root
+
+
+def calibration_images(bundle, root=None, count=DEFAULT_CALIB_IMAGES):
+    """Good images (N x H x W x 3 uint8) through the bundle's preprocessing: ROOT/train/good of
+    the bundle's training data (or `root`, a data set root or a folder of images), evenly spaced."""
+    from edge.imageio import list_images
+    from train.data import MvtecSet, load_images
+
+    root = _data_root(bundle, root)
+    if os.path.isdir(os.path.join(root, "train", "good")):
+        paths = MvtecSet(root).train_good()
+    else:
+        paths = list_images(root)
+    if not paths:
+        raise EdgeError("no calibration images found", root)
+    if count and len(paths) > count:
+        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, count).round().astype(int)]
+    return load_images(paths, Preprocessor.for_bundle(bundle))
+
+
+def evaluation_set(bundle, root=None):
+    """(images, labels or None, masks or None, description). The test split when the data set
+    has one; else its validation/good or train/good images (good only: no AUROC)."""
+    from train.data import MvtecSet, load_images, load_test
+
+    root = _data_root(bundle, root)
+    ds, pre = MvtecSet(root), Preprocessor.for_bundle(bundle)
+    name = os.path.basename(os.path.abspath(root))
+    if os.path.isdir(os.path.join(root, "test")):
+        samples = ds.test()
+        images, masks = load_test(samples, pre)
+        return images, np.array([s.label for s in samples]), masks, f"{name}/test"
+    paths = ds.validation_good() or ds.train_good()
+    return load_images(paths, pre), None, None, f"{name} good images (no test split)"
+
+
+def compare(bundle, variant_path, images, labels=None, masks=None, batch=8, threads=None, ref=None):
+    """FP32 and the variant under ONNX Runtime on the same images: AUROC of both (with labels),
+    the largest score and map differences, decisions changed at the bundle's threshold.
+    `ref`: FP32 (maps, scores) already computed."""
+    from edge.engines.onnxrt import OrtEngine
+    from train import metrics
+    from train.evaluate import run_engine
+
+    if ref is None:
+        eng = OrtEngine(bundle.graph_path("fp32"), threads=threads)
+        ref = run_engine(eng, images, batch)[:2]
+    eng = OrtEngine(variant_path, threads=threads)
+    maps, scores, _ = run_engine(eng, images, batch)
+    rmaps, rscores = ref
+    thr = bundle.threshold
+    res = {"images": int(len(images)),
+           "max_score_diff": float(np.abs(scores - rscores).max()),
+           "max_score_diff_rel": float(np.abs(scores - rscores).max() / max(abs(thr), 1e-12)),
+           "max_map_diff": float(np.abs(maps - rmaps).max()),
+           "decisions_changed": int(((scores > thr) != (rscores > thr)).sum())}
+    if labels is not None and labels.min() != labels.max():
+        a32, a = metrics.auroc(labels, rscores), metrics.auroc(labels, scores)
+        res.update(image_auroc_fp32=float(a32), image_auroc=float(a), auroc_drop=float(a32 - a))
+        if masks is not None and masks.any():
+            p32, p = metrics.auroc(masks, rmaps), metrics.auroc(masks, maps)
+            res.update(pixel_auroc_fp32=float(p32), pixel_auroc=float(p))
+    return res, ref
+
+
+# ---- checks ---------------------------------------------------------------------------
+def trt_check(graph_path, precision):
+    """None when no TensorRT is installed, else a one-line description of the build; EdgeError
+    when the parser or builder rejects the graph. Reuses convert.build (strongly typed)."""
+    from convert import build as cb
+
+    try:
+        trt = cb.import_builder_trt(allow_rtx=True)
+    except EdgeError:
+        return None
+    _plan, info = cb.serialize_plan(trt, graph_path, (1, 1, 1), precision, log=lambda *a, **k: None)
+    return f"parses and builds with {info['builder']} (strongly typed: {info['strongly_typed']})"
+
+
+# ---- the variant ----------------------------------------------------------------------
+def make_variant(model, precision, calib_images=None, calib_method=None):
+    """(variant ModelProto, details dict) from a pre-processed FP32 ModelProto."""
+    backbone, head = split_graph(model)
+    details = {"backbone_nodes": len(backbone), "fp32_nodes": len(head)}
+    if precision == "fp16":
+        from .fp16 import convert_fp16, fp16_summary
+        out = convert_fp16(model, head)
+        details.update(fp16_summary(out, head), converter="onnxruntime.transformers.float16, keep_io_types")
+    elif precision == "int8":
+        from .int8 import DEFAULT_CALIBRATION, convert_int8, int8_summary
+        calib_method = calib_method or DEFAULT_CALIBRATION
+        out = convert_int8(model, backbone, calib_images, calib_method)
+        details.update(int8_summary(out), format="QDQ", weights="int8 symmetric per-channel",
+                       activations="int8 symmetric per-tensor", bias="float",
+                       calibration={"method": calib_method, "images": int(len(calib_images))})
+    else:
+        raise EdgeError(f"unknown precision '{precision}' (choose from: {', '.join(PRECISIONS)})")
+    return drop_unused_opsets(out), details
+
+
+def quantize_bundle(bundle_path, precision, calib_images=DEFAULT_CALIB_IMAGES, calib_data=None,
+                    calib_method=None, eval_data=None, max_drop=None, trt=True, batch=8, threads=None,
+                    log=say):
+    """Add the variant to the bundle; returns the manifest's graphs.<precision> entry."""
+    import onnx
+    from convert.graphcheck import check_graph
+
+    if precision not in PRECISIONS:
+        raise EdgeError(f"unknown precision '{precision}' (choose from: {', '.join(PRECISIONS)})")
+    if max_drop is not None and not 0 <= max_drop < 1:
+        raise EdgeError(f"--max-drop {max_drop}: a fraction of AUROC between 0 and 1 (0.01 = one point)")
+    bundle = Bundle(bundle_path)
+    name = GRAPH_FILES[precision]
+    t0 = time.monotonic()
+    model = preprocess_graph(bundle.graph_path("fp32"))
+    images = calibration_images(bundle, calib_data, calib_images) if precision == "int8" else None
+    variant, details = make_variant(model, precision, images, calib_method)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=bundle.path)
+    os.close(fd)
+    try:
+        onnx.save(variant, tmp)
+        problems = check_graph(tmp)
+        if problems:
+            raise EdgeError(f"{precision} graph fails the graph check: {'; '.join(problems)}")
+        checks = {"graphcheck": "ok"}
+        if trt:
+            built = trt_check(tmp, precision)
+            checks["tensorrt"] = built or "not checked (no TensorRT or TensorRT-RTX here)"
+        imgs, labels, masks, where = evaluation_set(bundle, eval_data)
+        acc, _ = compare(bundle, tmp, imgs, labels, masks, batch, threads)
+        acc["data"] = where
+        if max_drop is not None:
+            if "auroc_drop" not in acc:
+                raise EdgeError(f"--max-drop needs labelled test images; {where} has none (pass --eval-data)")
+            if acc["auroc_drop"] > max_drop:
+                raise EdgeError(f"{precision} variant refused: image AUROC {acc['image_auroc']:.4f} vs "
+                                f"{acc['image_auroc_fp32']:.4f} in FP32 on {where}, a drop of "
+                                f"{acc['auroc_drop']:.4f} > --max-drop {max_drop:g}; bundle unchanged")
+        # Commit: drop any old entry first, so that a crash between the steps leaves a
+        # consistent bundle (without the variant) rather than a stale checksum.
+        if name in bundle.manifest["files"] or precision in bundle.manifest["graphs"]:
+            bundle.manifest["files"].pop(name, None)
+            bundle.manifest["graphs"].pop(precision, None)
+            bundle.save()
+        bundle.add_file(name, tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    entry = {"file": name, "source": "model.onnx", **details, "checks": checks,
+             "accuracy": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in acc.items()},
+             "seconds": round(time.monotonic() - t0, 1)}
+    bundle.manifest["graphs"][precision] = entry
+    bundle.save()
+    a = entry["accuracy"]
+    auroc = (f"image AUROC {a['image_auroc']:.4f} (FP32 {a['image_auroc_fp32']:.4f}, drop {a['auroc_drop']:+.4f}); "
+             if "auroc_drop" in a else "")
+    log(f"{precision}: added {name} ({details.get('fp32_nodes')} nodes kept in FP32); on {a['data']}: {auroc}"
+        f"largest score difference {a['max_score_diff']:.4g} ({a['max_score_diff_rel']:.2%} of the threshold), "
+        f"map {a['max_map_diff']:.4g}, {a['decisions_changed']} decision(s) changed; {checks.get('tensorrt', '')}")
+    return entry
+
+
+# ---- command line ---------------------------------------------------------------------
+def add_arguments(p):
+    from .int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION
+
+    p.add_argument("bundle", help="model bundle folder")
+    p.add_argument("--precision", required=True, choices=PRECISIONS)
+    p.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, metavar="N",
+                   help=f"int8: good images used for calibration, evenly spaced (default {DEFAULT_CALIB_IMAGES}; 0: all)")
+    p.add_argument("--calib-data", metavar="ROOT",
+                   help="int8: calibration images from ROOT/train/good (or the folder ROOT) instead of "
+                        "the bundle's training data")
+    p.add_argument("--calib-method", choices=CALIBRATION_METHODS, default=DEFAULT_CALIBRATION,
+                   help=f"int8: activation range method (default {DEFAULT_CALIBRATION}; see docs/precision.md)")
+    p.add_argument("--eval-data", metavar="ROOT",
+                   help="data set (MVTec AD layout) whose test split the variant is checked on "
+                        "(default: the bundle's training data set)")
+    p.add_argument("--max-drop", type=float, metavar="X",
+                   help="refuse the variant if it loses more than X image AUROC against FP32; "
+                        "X is a fraction (0.01 = one AUROC point)")
+    p.add_argument("--no-trt-check", action="store_true",
+                   help="skip the TensorRT/TensorRT-RTX parse-and-build check")
+    p.add_argument("--batch", type=int, default=8, help="evaluation batch (default 8)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+
+
+def run(args):
+    quantize_bundle(args.bundle, args.precision, args.calib_images, args.calib_data, args.calib_method,
+                    args.eval_data, args.max_drop, trt=not args.no_trt_check, batch=args.batch,
+                    threads=args.threads)
+    return 0
