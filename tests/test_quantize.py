@@ -1,0 +1,195 @@
+"""Issue 5: FP16 and INT8 variants of a trained bundle (precision in the graph).
+
+One small PatchCore bundle (128 x 128, one PIPED category) is trained per module; each test
+works on a copy. Speed is not tested here (scripts/bench_precision.py measures it)."""
+
+import os
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from convert.graphcheck import check_graph
+from convert.quantize import preprocess_graph, quantize_bundle, split_graph
+from edge.bundle import Bundle
+from edge.engines.onnxrt import OrtEngine
+from edge.errors import EdgeError
+from tests.helpers import PIPED
+
+CAT = os.path.join(PIPED, "PA_BDP01_TL")
+if not os.path.isdir(CAT):
+    CAT = "/work/shared/data/piped/PA_BDP01_TL"
+
+# Largest score difference against FP32, relative to the bundle's threshold.
+FP16_SCORE_RTOL = 0.01
+INT8_SCORE_RTOL = 0.25
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from train.trainer import train_bundle
+
+    out = str(tmp_path_factory.mktemp("pc") / "bundle")
+    train_bundle("patchcore", CAT, out, (128, 128), evaluate=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def variants(trained, tmp_path_factory):
+    """A copy of the bundle with both variants added (with the TensorRT-RTX build check)."""
+    path = str(tmp_path_factory.mktemp("variants") / "bundle")
+    shutil.copytree(trained, path)
+    quiet = lambda *a, **k: None  # noqa: E731
+    quantize_bundle(path, "fp16", log=quiet)
+    quantize_bundle(path, "int8", calib_images=12, log=quiet)
+    return path
+
+
+@pytest.fixture
+def bundle_copy(trained, tmp_path):
+    path = str(tmp_path / "bundle")
+    shutil.copytree(trained, path)
+    return path
+
+
+def _io(model):
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    return ([(i.name, i.type.tensor_type.elem_type) for i in g.input if i.name not in inits],
+            [(o.name, o.type.tensor_type.elem_type) for o in g.output])
+
+
+def test_split_keeps_head_out_of_backbone(trained):
+    backbone, head = split_graph(preprocess_graph(os.path.join(trained, "model.onnx")))
+    assert backbone and head and not set(backbone) & set(head)
+    assert all("/head/" not in n and "/smoother/" not in n and "/embedder/" not in n for n in backbone)
+    assert any("/head/" in n for n in head) and any("/smoother/" in n for n in head)
+    assert sum("/backbone/" in n and "Conv" in n for n in head) == 0
+
+
+def test_variants_recorded_in_manifest(variants):
+    b = Bundle(variants)                                   # verifies every sha256
+    assert set(b.precisions()) == {"fp32", "fp16", "int8"}
+    for p, name in (("fp16", "model.fp16.onnx"), ("int8", "model.int8.onnx")):
+        entry = b.manifest["graphs"][p]
+        assert entry["file"] == name and name in b.manifest["files"]
+        acc = entry["accuracy"]
+        for key in ("image_auroc", "image_auroc_fp32", "auroc_drop", "max_score_diff", "max_map_diff"):
+            assert key in acc, (p, key)
+        assert acc["data"].endswith("/test") and acc["images"] > 0
+        assert entry["checks"]["graphcheck"] == "ok"
+    assert not [f for f in os.listdir(variants) if f.endswith(".tmp")]
+
+
+def test_io_types_unchanged(variants):
+    ref = _io(onnx.load(os.path.join(variants, "model.onnx")))
+    assert ref[0] == [("frames", TensorProto.UINT8)]
+    for name in ("model.fp16.onnx", "model.int8.onnx"):
+        assert _io(onnx.load(os.path.join(variants, name))) == ref
+
+
+def test_fp16_casts_and_fp32_head(variants):
+    m = onnx.load(os.path.join(variants, "model.fp16.onnx"))
+    casts = [n for n in m.graph.node if n.op_type == "Cast"]
+    to = {a.i for n in casts for a in n.attribute if a.name == "to"}
+    assert TensorProto.FLOAT16 in to and TensorProto.FLOAT in to
+    inits = {i.name: i for i in m.graph.initializer}
+    fp16_weights = [i for i in inits.values() if i.data_type == TensorProto.FLOAT16]
+    assert len(fp16_weights) > 20                          # the backbone's convolutions
+    # The head and the map smoothing keep FP32 weights (memory bank, Gaussian kernels).
+    for n in m.graph.node:
+        if n.name.startswith(("/head/", "/smoother/")) and n.op_type in ("MatMul", "Conv"):
+            for t in n.input:
+                if t in inits:
+                    assert inits[t].data_type == TensorProto.FLOAT, (n.name, t)
+
+
+def test_int8_qdq_and_float_bias(variants):
+    m = onnx.load(os.path.join(variants, "model.int8.onnx"))
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 20
+    assert not [i.name for i in m.graph.initializer if i.data_type == TensorProto.INT32]
+    prod = {o: n for n in m.graph.node for o in n.output}
+    inits = {i.name: i for i in m.graph.initializer}
+    convs = [n for n in m.graph.node if n.op_type == "Conv" and n.name.startswith("/backbone/")]
+    assert convs
+    for n in convs:
+        assert prod[n.input[0]].op_type == "DequantizeLinear"          # activation Q/DQ
+        assert prod[n.input[1]].op_type == "DequantizeLinear"          # int8 weights
+        if len(n.input) > 2:
+            assert n.input[2] in inits and inits[n.input[2]].data_type == TensorProto.FLOAT
+    # Zero points are int8 and 0 (symmetric, as TensorRT wants).
+    for n in m.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
+            zp = inits[n.input[2]]
+            assert zp.data_type == TensorProto.INT8
+            assert not onnx.numpy_helper.to_array(zp).any()
+    # Nothing of the head is quantized.
+    for n in m.graph.node:
+        if n.name.startswith(("/head/", "/smoother/")) and n.op_type in ("MatMul", "Conv"):
+            assert all(prod.get(t) is None or prod[t].op_type != "DequantizeLinear" for t in n.input)
+
+
+def test_scores_agree_with_fp32(variants):
+    b = Bundle(variants)
+    frames = np.stack([np.asarray(f) for f in _frames(b, 6)])
+    ref = OrtEngine(b.graph_path("fp32")).infer(frames)
+    for p, rtol in (("fp16", FP16_SCORE_RTOL), ("int8", INT8_SCORE_RTOL)):
+        amap, score = OrtEngine(b.graph_path(p)).infer(frames)
+        assert amap.dtype == np.float32 and score.dtype == np.float32 and amap.shape == ref[0].shape
+        assert np.abs(score - ref[1]).max() <= rtol * b.threshold, p
+    acc = b.manifest["graphs"]
+    assert acc["fp16"]["accuracy"]["auroc_drop"] <= 0.002
+    assert acc["int8"]["accuracy"]["auroc_drop"] <= 0.01
+
+
+def _frames(b, n):
+    from convert.quantize import evaluation_set
+    return evaluation_set(b)[0][:n]
+
+
+def test_variants_pass_graphcheck_and_tensorrt_rtx(variants):
+    pytest.importorskip("tensorrt_rtx")
+    from convert.quantize import trt_check
+
+    b = Bundle(variants)
+    for p in ("fp16", "int8"):
+        assert check_graph(b.graph_path(p)) == []
+        assert "parses and builds" in b.manifest["graphs"][p]["checks"]["tensorrt"]
+    assert "parses and builds" in trt_check(b.graph_path("int8"), "int8")
+
+
+def _snapshot(folder):
+    return {f: open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))}
+
+
+def test_max_drop_refuses_and_leaves_bundle_unchanged(bundle_copy, monkeypatch, capsys):
+    from convert import quantize as q
+    from edge.cli import main
+
+    real = q.compare
+
+    def lossy(*a, **k):                        # the real evaluation, then 3 AUROC points lost
+        res, ref = real(*a, **k)
+        res.update(image_auroc=res["image_auroc_fp32"] - 0.03, auroc_drop=0.03)
+        return res, ref
+
+    monkeypatch.setattr(q, "compare", lossy)
+    before = _snapshot(bundle_copy)
+    with pytest.raises(EdgeError, match="refused"):
+        quantize_bundle(bundle_copy, "fp16", max_drop=0.01, trt=False, log=lambda *a: None)
+    assert _snapshot(bundle_copy) == before
+    # The command line: exit status 2, message on stderr, bundle unchanged.
+    rc = main(["quantize", bundle_copy, "--precision", "fp16", "--max-drop", "0.01", "--no-trt-check"])
+    assert rc == 2 and "refused" in capsys.readouterr().err
+    assert _snapshot(bundle_copy) == before
+    # Within the bound it is accepted.
+    assert main(["quantize", bundle_copy, "--precision", "fp16", "--max-drop", "0.05", "--no-trt-check"]) == 0
+    assert Bundle(bundle_copy).manifest["graphs"]["fp16"]["accuracy"]["auroc_drop"] == 0.03
+
+
+def test_bad_max_drop_is_refused(bundle_copy):
+    with pytest.raises(EdgeError, match="fraction"):
+        quantize_bundle(bundle_copy, "int8", max_drop=1.5, trt=False)
