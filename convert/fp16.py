@@ -26,8 +26,56 @@ def convert_fp16(model, head_nodes):
     # The converter appends its boundary casts at the end of the node list.
     from onnxruntime.transformers.onnx_model import OnnxModel
     OnnxModel.graph_topological_sort(out.graph, is_deterministic=True)
+    out = drop_round_trips(out)
     _check_fp16(out, head_nodes)
     return out
+
+
+def _to(node):
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
+def drop_round_trips(model):
+    """Remove the FP32 -> FP16 -> FP32 cast pairs the converter puts between two blocked nodes
+    (it casts every blocked node's output to FP16 and back for the next one): they would round
+    every intermediate of the FP32 head (squared distances, covariance products) to FP16.
+    Then remove casts to the type their input already has."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    cons = {}
+    for n in g.node:
+        for t in n.input:
+            cons.setdefault(t, []).append(n)
+    dead = set()
+    for c1 in g.node:
+        if c1.op_type != "Cast" or _to(c1) != TensorProto.FLOAT16 or c1.output[0] in outputs:
+            continue
+        users = cons.get(c1.output[0], [])
+        if users and all(u.op_type == "Cast" and _to(u) == TensorProto.FLOAT for u in users):
+            for c2 in users:
+                c2.input[0] = c1.input[0]          # now a cast of the FP32 original
+            dead.add(id(c1))
+    keep = [n for n in g.node if id(n) not in dead]
+    del g.node[:]
+    g.node.extend(keep)
+    # Types afresh, then drop the casts that are now FP32 -> FP32.
+    del g.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model)
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input)}
+    types.update({i.name: i.data_type for i in g.initializer})
+    rename = {}
+    keep = []
+    for n in g.node:
+        for k, t in enumerate(n.input):
+            n.input[k] = rename.get(t, t)
+        if (n.op_type == "Cast" and types.get(n.input[0]) == _to(n) and n.output[0] not in outputs):
+            rename[n.output[0]] = n.input[0]
+            continue
+        keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+    return model
 
 
 def _check_fp16(model, head_nodes):

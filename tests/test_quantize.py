@@ -98,6 +98,16 @@ def test_fp16_casts_and_fp32_head(variants):
     inits = {i.name: i for i in m.graph.initializer}
     fp16_weights = [i for i in inits.values() if i.data_type == TensorProto.FLOAT16]
     assert len(fp16_weights) > 20                          # the backbone's convolutions
+    # No FP16 rounding inside the head: no FP32 -> FP16 -> FP32 round trips, no FP16 inputs.
+    prod = {o: n for n in m.graph.node for o in n.output}
+    for n in m.graph.node:
+        if n.op_type == "Cast" and n.input[0] in prod:
+            assert prod[n.input[0]].op_type != "Cast", n.name
+        if n.name.startswith(("/head/", "/smoother/")):
+            for t in n.input:
+                p = prod.get(t)
+                assert not (p is not None and p.op_type == "Cast"
+                            and any(a.name == "to" and a.i == TensorProto.FLOAT16 for a in p.attribute)), n.name
     # The head and the map smoothing keep FP32 weights (memory bank, Gaussian kernels).
     for n in m.graph.node:
         if n.name.startswith(("/head/", "/smoother/")) and n.op_type in ("MatMul", "Conv"):
