@@ -203,3 +203,18 @@ def test_max_drop_refuses_and_leaves_bundle_unchanged(bundle_copy, monkeypatch, 
 def test_bad_max_drop_is_refused(bundle_copy):
     with pytest.raises(EdgeError, match="fraction"):
         quantize_bundle(bundle_copy, "int8", max_drop=1.5, trt=False)
+
+
+def test_without_test_split_differences_only(bundle_copy, tmp_path):
+    good = tmp_path / "set" / "train" / "good"
+    good.mkdir(parents=True)
+    src = os.path.join(CAT, "train", "good")
+    for f in sorted(os.listdir(src))[:4]:
+        shutil.copy(os.path.join(src, f), good / f)
+    with pytest.raises(EdgeError, match="labelled"):
+        quantize_bundle(bundle_copy, "fp16", eval_data=str(tmp_path / "set"), max_drop=0.01, trt=False,
+                        log=lambda *a: None)
+    entry = quantize_bundle(bundle_copy, "fp16", eval_data=str(tmp_path / "set"), trt=False, log=lambda *a: None)
+    acc = entry["accuracy"]
+    assert acc["images"] == 4 and "auroc_drop" not in acc and acc["max_score_diff"] >= 0
+    assert "no test split" in acc["data"]
