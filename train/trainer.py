@@ -12,7 +12,7 @@ from edge import __version__
 from edge.bundle import write_manifest
 from edge.engines.onnxrt import OrtEngine
 from edge.errors import EdgeError
-from edge.fsutil import StagedDir
+from edge.fsutil import StagedDir, sha256_file
 from edge.preprocess import Preprocessor
 from edge.progress import Progress, say
 
@@ -21,6 +21,8 @@ from .data import MvtecSet, load_images
 from .export import agreement, export_onnx, torch_infer
 from .graph import AnomalyGraph, Embedder
 from .methods import get_method
+
+TORCH_FILE = "model.torchscript.pt"
 
 # The exported graph must agree with PyTorch within this (relative to the largest score).
 EXPORT_TOLERANCE = 1e-3
@@ -47,6 +49,13 @@ def choose_threshold(scores, sigmas=3.0):
     st = score_stats(scores)
     value = max(st["max"], st["mean"] + sigmas * st["std"])
     return {"value": float(value), "method": f"max(max, mean + {sigmas:g} std) of {st['n']} held-out good images"}
+
+
+def save_torchscript(graph, path, example):
+    import warnings
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(graph, torch.from_numpy(example), check_trace=False).save(path)
 
 
 def embed(graph, images, batch=16, progress=None):
@@ -95,6 +104,7 @@ def train_bundle(method, data, out, size=(256, 256), backbone="efficientnet-lite
         check = agreement(torch_infer(graph, hold_imgs), ort_out)
         if check["max_rel_score"] > EXPORT_TOLERANCE:
             raise EdgeError(f"exported graph disagrees with PyTorch: {check}")
+        save_torchscript(graph, os.path.join(tmp, TORCH_FILE), hold_imgs[:1])
         threshold = choose_threshold(ort_out[1])
         threshold["source"] = hold_from
         manifest = {
@@ -116,6 +126,9 @@ def train_bundle(method, data, out, size=(256, 256), backbone="efficientnet-lite
             "export_check": {"images": len(hold_paths), "tolerance_rel_score": EXPORT_TOLERANCE,
                              **{k: float(f"{v:.3g}") for k, v in check.items()}},
             "files": {"model.onnx": None},
+            # The same model for PyTorch (the eager baseline of `edge bench`); not needed on the line,
+            # so it is checked when used rather than with the bundle's files.
+            "torch_model": {"file": TORCH_FILE, "sha256": sha256_file(os.path.join(tmp, TORCH_FILE))},
         }
         write_manifest(tmp, manifest)
         say(f"trained in {t_fit:.1f}s; threshold {threshold['value']:.4g} from {len(hold_paths)} held-out good images; "
