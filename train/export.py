@@ -17,6 +17,24 @@ def export_onnx(graph, path, hw):
             graph, (dummy,), path, input_names=["frames"], output_names=["anomaly_map", "score"],
             dynamic_axes={"frames": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}},
             opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    _fix_output_shapes(path, hw)
+
+
+def _fix_output_shapes(path, hw):
+    """The exporter names output dims it cannot follow; state them: only the batch is dynamic."""
+    import onnx
+    model = onnx.load(path)
+    for out, dims in zip(model.graph.output, (["batch", hw[0], hw[1]], ["batch"])):
+        shape = out.type.tensor_type.shape
+        del shape.dim[:]
+        for d in dims:
+            dim = shape.dim.add()
+            if isinstance(d, str):
+                dim.dim_param = d
+            else:
+                dim.dim_value = d
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
 
 
 def torch_infer(graph, images, batch=16):

@@ -85,7 +85,8 @@ class AnomalyGraph(nn.Module):
         self.register_buffer("shift", -mean / std)
 
     def features(self, frames):
-        x = frames.permute(0, 3, 1, 2).float() * self.scale + self.shift
+        # Cast before the transpose: TensorRT transposes no uint8 tensor.
+        x = frames.float().permute(0, 3, 1, 2) * self.scale + self.shift
         b = self.border
         if b:
             x = F.pad(x, (b, b, b, b), mode="reflect")
