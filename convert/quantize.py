@@ -21,7 +21,8 @@ Steps, atomic for the bundle:
   5. refuse it (EdgeError, exit 2, bundle unchanged) when it fails a check or loses more than
      --max-drop image AUROC (a fraction: 0.01 = one point);
   6. rename it to model.fp16.onnx / model.int8.onnx and record it in the manifest: `graphs`
-     (file, details, accuracy) and `files` (sha256).
+     (file, details, accuracy, and its own threshold: the bundle's rule applied to the
+     variant's scores on the same held-out good images) and `files` (sha256).
 """
 
 import os
@@ -237,10 +238,51 @@ def evaluation_set(bundle, root=None):
     return load_images(paths, pre), None, None, f"{name} good images (no test split)"
 
 
-def compare(bundle, variant_path, images, labels=None, masks=None, batch=8, threads=None, ref=None):
+def variant_threshold(bundle, variant_path, batch=8, threads=None):
+    """The bundle's threshold rule applied to the variant's scores on the same held-out good
+    images the FP32 threshold came from (validation/good, or the same every-k-th images of
+    train/good); None when those images cannot be found again (data moved or changed)."""
+    from edge.engines.onnxrt import OrtEngine
+    from train.data import MvtecSet, load_images
+    from train.evaluate import run_engine
+    from train.trainer import choose_threshold
+
+    training = bundle.manifest.get("training") or {}
+    root = training.get("data")
+    if not root or not os.path.isdir(root):
+        return None
+    ds = MvtecSet(root)
+    try:
+        if training.get("fingerprint") and ds.fingerprint() != training["fingerprint"]:
+            return None
+        paths = ds.validation_good()
+        if not paths:
+            train, k = ds.train_good(), int(training.get("holdout_images") or 0)
+            if k < 2:
+                return None
+            held = sorted(set(np.linspace(0, len(train) - 1, k).round().astype(int).tolist()))
+            paths = [train[i] for i in held]
+    except EdgeError:
+        return None
+    images = load_images(paths, Preprocessor.for_bundle(bundle))
+    scores = run_engine(OrtEngine(variant_path, threads=threads), images, batch)[1]
+    sigmas = 3.0
+    method = str(bundle.manifest["threshold"].get("method", ""))
+    if "mean + " in method:
+        try:
+            sigmas = float(method.split("mean + ")[1].split()[0])
+        except ValueError:
+            pass
+    thr = choose_threshold(scores, sigmas)
+    thr["source"] = bundle.manifest["threshold"].get("source", "held-out good images")
+    return thr
+
+
+def compare(bundle, variant_path, images, labels=None, masks=None, batch=8, threads=None, ref=None,
+            own_threshold=None):
     """FP32 and the variant under ONNX Runtime on the same images: AUROC of both (with labels),
-    the largest score and map differences, decisions changed at the bundle's threshold.
-    `ref`: FP32 (maps, scores) already computed."""
+    the largest score and map differences, decisions changed at the bundle's threshold (and at
+    the variant's own threshold, if given). `ref`: FP32 (maps, scores) already computed."""
     from edge.engines.onnxrt import OrtEngine
     from train import metrics
     from train.evaluate import run_engine
@@ -257,6 +299,8 @@ def compare(bundle, variant_path, images, labels=None, masks=None, batch=8, thre
            "max_score_diff_rel": float(np.abs(scores - rscores).max() / max(abs(thr), 1e-12)),
            "max_map_diff": float(np.abs(maps - rmaps).max()),
            "decisions_changed": int(((scores > thr) != (rscores > thr)).sum())}
+    if own_threshold is not None:
+        res["decisions_changed_own_threshold"] = int(((scores > own_threshold) != (rscores > thr)).sum())
     if labels is not None and labels.min() != labels.max():
         a32, a = metrics.auroc(labels, rscores), metrics.auroc(labels, scores)
         res.update(image_auroc_fp32=float(a32), image_auroc=float(a), auroc_drop=float(a32 - a))
@@ -329,8 +373,10 @@ def quantize_bundle(bundle_path, precision, calib_images=DEFAULT_CALIB_IMAGES, c
         if trt:
             built = trt_check(tmp, precision)
             checks["tensorrt"] = built or "not checked (no TensorRT or TensorRT-RTX here)"
+        own = variant_threshold(bundle, tmp, batch, threads)
         imgs, labels, masks, where = evaluation_set(bundle, eval_data)
-        acc, _ = compare(bundle, tmp, imgs, labels, masks, batch, threads)
+        acc, _ = compare(bundle, tmp, imgs, labels, masks, batch, threads,
+                         own_threshold=own["value"] if own else None)
         acc["data"] = where
         if max_drop is not None:
             if "auroc_drop" not in acc:
@@ -350,6 +396,7 @@ def quantize_bundle(bundle_path, precision, calib_images=DEFAULT_CALIB_IMAGES, c
         if os.path.exists(tmp):
             os.unlink(tmp)
     entry = {"file": name, "source": "model.onnx", **details, "checks": checks,
+             **({"threshold": own} if own else {}),
              "accuracy": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in acc.items()},
              "seconds": round(time.monotonic() - t0, 1)}
     bundle.manifest["graphs"][precision] = entry
@@ -359,7 +406,9 @@ def quantize_bundle(bundle_path, precision, calib_images=DEFAULT_CALIB_IMAGES, c
              if "auroc_drop" in a else "")
     log(f"{precision}: added {name} ({details.get('fp32_nodes')} nodes kept in FP32); on {a['data']}: {auroc}"
         f"largest score difference {a['max_score_diff']:.4g} ({a['max_score_diff_rel']:.2%} of the threshold), "
-        f"map {a['max_map_diff']:.4g}, {a['decisions_changed']} decision(s) changed; {checks.get('tensorrt', '')}")
+        f"map {a['max_map_diff']:.4g}, {a['decisions_changed']} decision(s) changed at the FP32 threshold"
+        + (f", {a['decisions_changed_own_threshold']} at its own ({own['value']:.4g})" if own else "")
+        + f"; {checks.get('tensorrt', '')}")
     return entry
 
 

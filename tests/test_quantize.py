@@ -218,3 +218,14 @@ def test_without_test_split_differences_only(bundle_copy, tmp_path):
     acc = entry["accuracy"]
     assert acc["images"] == 4 and "auroc_drop" not in acc and acc["max_score_diff"] >= 0
     assert "no test split" in acc["data"]
+
+
+def test_variant_threshold_from_the_same_held_out_images(variants):
+    b = Bundle(variants)
+    for p in ("fp16", "int8"):
+        entry = b.manifest["graphs"][p]
+        thr = entry["threshold"]
+        assert thr["value"] > 0 and thr["source"] == b.manifest["threshold"]["source"]
+        assert "decisions_changed_own_threshold" in entry["accuracy"]
+    # FP16 barely moves scores: its own threshold is within 1 % of FP32's.
+    assert abs(b.manifest["graphs"]["fp16"]["threshold"]["value"] - b.threshold) <= 0.01 * b.threshold
