@@ -55,7 +55,7 @@ def _test_set(bundle, data):
     return paths, np.array(labels), np.stack([pre(read_rgb(p)) for p in paths])
 
 
-def _pipeline_pass(bundle, engine, folder, tmp, batch, frames, fps=None):
+def _pipeline_pass(bundle, engine, folder, tmp, batch, frames, threshold, fps=None):
     from .pipeline import Pipeline
     from .preprocess import Preprocessor
     from .records import RecordStore
@@ -64,7 +64,7 @@ def _pipeline_pass(bundle, engine, folder, tmp, batch, frames, fps=None):
     store = RecordStore(os.path.join(tmp, f"r{fps or 0:.0f}.db"), os.path.join(tmp, "img"))
     store.start_run(bundle.path, {"bench": True})
     src.start()
-    pipe = Pipeline(src, Preprocessor.for_bundle(bundle), engine, bundle.threshold, batch=batch,
+    pipe = Pipeline(src, Preprocessor.for_bundle(bundle), engine, threshold, batch=batch,
                     max_frames=frames, store=store, deadline_ms=60000)
     pipe.start()
     pipe.join()
@@ -75,7 +75,7 @@ def _pipeline_pass(bundle, engine, folder, tmp, batch, frames, fps=None):
     return s
 
 
-def _end_to_end(bundle, engine, paths, batch, frames, model_fps):
+def _end_to_end(bundle, engine, paths, batch, frames, model_fps, precision):
     """Source to recorded decision: frames per second with the source as fast as it goes
     (inspect-all, so the engine sets the pace), then the latency the pipeline adds over the
     engine with the source paced at half the engine's rate (so that no queue builds up)."""
@@ -84,8 +84,9 @@ def _end_to_end(bundle, engine, paths, batch, frames, model_fps):
         os.makedirs(folder)
         for i, p in enumerate(paths):
             os.symlink(p, os.path.join(folder, f"{i:05d}{os.path.splitext(p)[1]}"))
-        fast = _pipeline_pass(bundle, engine, folder, tmp, batch, frames)
-        paced = _pipeline_pass(bundle, engine, folder, tmp, 1, max(20, frames // 3), fps=model_fps / 2)
+        thr = bundle.threshold_for(precision)
+        fast = _pipeline_pass(bundle, engine, folder, tmp, batch, frames, thr)
+        paced = _pipeline_pass(bundle, engine, folder, tmp, 1, max(20, frames // 3), thr, fps=model_fps / 2)
     return {"e2e_fps": fast["fps"], "e2e_frames": fast["decided"], "e2e_latency_ms_p50": paced["latency_ms_p50"],
             "added_ms_p50": paced["added_ms_p50"], "added_ms_p95": paced["added_ms_p95"]}
 
@@ -110,7 +111,7 @@ def child(spec):
             res["image_auroc"] = auroc(labels, scores)
             res["scores"] = scores.tolist()
             if spec.get("e2e_frames"):
-                res.update(_end_to_end(bundle, engine, paths, b, spec["e2e_frames"], res["model_fps"]))
+                res.update(_end_to_end(bundle, engine, paths, b, spec["e2e_frames"], res["model_fps"], spec["precision"]))
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return res
 

@@ -74,6 +74,12 @@ class Bundle:
     def threshold(self):
         return float(self.manifest["threshold"]["value"])
 
+    def threshold_for(self, precision="fp32"):
+        """A precision variant's own threshold where `edge quantize` set one (the bundle's rule
+        applied to the variant's scores on the same held-out good images), else the bundle's."""
+        own = self.manifest["graphs"].get(precision, {}).get("threshold")
+        return float(own["value"]) if own else self.threshold
+
     def precisions(self):
         return list(self.manifest["graphs"])
 

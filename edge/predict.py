@@ -32,7 +32,7 @@ def run(args):
         paths = [args.images]
     else:
         raise EdgeError("no such image or folder", args.images)
-    thr = bundle.threshold if args.threshold is None else args.threshold
+    thr = bundle.threshold_for(args.precision) if args.threshold is None else args.threshold
     pre = Preprocessor.for_bundle(bundle)
     rejects = 0
     with open_engine(bundle, args.engine, args.precision, batch=args.batch) as engine:

@@ -54,9 +54,9 @@ def evaluate_bundle(bundle_path, data, precision="fp32", engine="onnxruntime", b
     finally:
         eng.close()
     labels = np.array([s.label for s in samples])
-    res = compute_metrics(labels, scores, masks, maps, bundle.threshold)
+    res = compute_metrics(labels, scores, masks, maps, bundle.threshold_for(precision))
     res.update({"images": len(samples), "defective": int(labels.sum()), "engine": engine, "precision": precision,
-                "batch": batch, "images_per_second": len(samples) / spent, "threshold": bundle.threshold,
+                "batch": batch, "images_per_second": len(samples) / spent, "threshold": bundle.threshold_for(precision),
                 "data": os.path.abspath(data)})
     if not quiet:
         c = res["confusion"]
@@ -70,7 +70,7 @@ def evaluate_bundle(bundle_path, data, precision="fp32", engine="onnxruntime", b
         from .plots import overlay_grid, roc_plot
         os.makedirs(plots, exist_ok=True)
         roc_plot(os.path.join(plots, "roc.png"), labels, scores, masks, maps, title=os.path.basename(bundle.path))
-        overlay_grid(os.path.join(plots, "overlays.png"), images, maps, scores, labels, bundle.threshold)
+        overlay_grid(os.path.join(plots, "overlays.png"), images, maps, scores, labels, bundle.threshold_for(precision))
     if record:
         bundle.manifest.setdefault("evaluation", {})[precision] = {
             k: (round(v, 5) if isinstance(v, float) else v) for k, v in res.items() if k not in ("data",)}
