@@ -1,5 +1,6 @@
 """Files written so that a crash or power cut never leaves a half-written one."""
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -29,14 +30,16 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write_bytes(path, data):
-    """Write `data` to `path` through a temporary file in the same folder, fsync, rename."""
+@contextlib.contextmanager
+def atomic_file(path):
+    """Open a temporary file beside `path` for binary writing; on success fsync it and rename
+    it over `path`; on an exception remove it and leave `path` as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,6 +48,12 @@ def atomic_write_bytes(path, data):
             os.unlink(tmp)
         raise
     _fsync_dir(folder)
+
+
+def atomic_write_bytes(path, data):
+    """Write `data` to `path` through a temporary file in the same folder, fsync, rename."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path, text):
@@ -82,3 +91,13 @@ class StagedDir:
         if old:
             shutil.rmtree(old, ignore_errors=True)
         return False
+
+
+def json_default(o):
+    """json.dumps(default=...) for numpy values and anything else (as its string)."""
+    import numpy as np
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

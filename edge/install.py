@@ -44,7 +44,7 @@ import yaml
 
 from .bundle import MANIFEST, Bundle, dump_yaml
 from .errors import EdgeError
-from .fsutil import StagedDir, _fsync_dir, atomic_write_text, sha256_file
+from .fsutil import StagedDir, _fsync_dir, atomic_file, atomic_write_text, sha256_file
 
 DEFAULT_ROOT = "/opt/lineside"
 DEFAULT_KEEP = 3
@@ -201,32 +201,20 @@ def pack(bundle_path, out_path):
         return ti
 
     out_path = os.path.abspath(out_path)
-    folder = os.path.dirname(out_path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out_path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            gz = None
-            fileobj = raw
-            if not out_path.endswith(".tar"):
-                gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6)
-                fileobj = gz
-            with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                tar.addfile(info(MANIFEST, len(manifest_bytes)), io.BytesIO(manifest_bytes))
-                for name in names:
-                    path = os.path.join(bundle.path, name)
-                    with open(path, "rb") as f:
-                        tar.addfile(info(name, os.fstat(f.fileno()).st_size), f)
-            if gz is not None:
-                gz.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
+    with atomic_file(out_path) as raw:
+        gz = None
+        fileobj = raw
+        if not out_path.endswith(".tar"):
+            gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6)
+            fileobj = gz
+        with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            tar.addfile(info(MANIFEST, len(manifest_bytes)), io.BytesIO(manifest_bytes))
+            for name in names:
+                path = os.path.join(bundle.path, name)
+                with open(path, "rb") as f:
+                    tar.addfile(info(name, os.fstat(f.fileno()).st_size), f)
+        if gz is not None:
+            gz.close()
     return sha256_file(out_path)
 
 

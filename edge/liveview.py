@@ -39,6 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from .errors import EdgeError
+from .fsutil import json_default
 
 BOUNDARY = "edgeframe"
 
@@ -148,7 +149,7 @@ class LiveView:
         out["status_age_s"] = None if status_age is None else round(status_age, 2)
         if frame is not None:
             out["frame"] = {"seq": frame[2].seq, "age_s": round(time.time() - frame[2].wall, 2)}
-        return json.dumps(out, default=_json_default).encode("utf-8")
+        return json.dumps(out, default=json_default).encode("utf-8")
 
     def wait_frame(self, newer_than, timeout):
         """Wait (up to timeout) for a frame newer than version `newer_than`; the latest version."""
@@ -217,12 +218,6 @@ def _placeholder(quality):
     return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 class _Handler(BaseHTTPRequestHandler):

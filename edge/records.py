@@ -55,7 +55,7 @@ import time
 import numpy as np
 
 from .errors import EdgeError
-from .fsutil import atomic_write_bytes, sha256_file
+from .fsutil import atomic_write_bytes, json_default, sha256_file
 
 SCHEMA_VERSION = 1
 
@@ -112,15 +112,9 @@ RECORD_COLUMNS = ("id", "run_id", "seq", "wall", "latency_ms", "score", "reject"
 
 
 def _json(obj):
-    return json.dumps(obj, default=_json_default, sort_keys=True)
+    return json.dumps(obj, default=json_default, sort_keys=True)
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def bundle_sha256(bundle_path):

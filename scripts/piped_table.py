@@ -46,11 +46,11 @@ def main():
             rows[c]["train_s"] = time.monotonic() - t
             print(f"{c:<14}" + "".join(f"{rows[c][k]:>9.4f}" for k in KEYS), file=sys.stderr, flush=True)
     mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in KEYS}
-    print(f"| category | image AUROC | pixel AUROC | AUPRO | F1-max | images/s |")
+    print("| category | image AUROC | pixel AUROC | AUPRO | F1-max | images/s |")
     print("|---|---|---|---|---|---|")
     for c, r in rows.items():
         print(f"| {c} | " + " | ".join(f"{r[k]:.3f}" if k != "images_per_second" else f"{r[k]:.0f}" for k in KEYS) + " |")
-    print(f"| **mean** | " + " | ".join(f"**{mean[k]:.3f}**" if k != "images_per_second" else f"{mean[k]:.0f}" for k in KEYS) + " |")
+    print("| **mean** | " + " | ".join(f"**{mean[k]:.3f}**" if k != "images_per_second" else f"{mean[k]:.0f}" for k in KEYS) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"method": args.method, "size": args.size, "params": args.param, "rows": rows, "mean": mean}, f, indent=2)
