@@ -36,20 +36,11 @@ def make_set(root, n=400):
 
 
 def speed(graph, hw, batch, seconds=5.0, threads=None):
+    from edge.bench import time_engine
     from edge.engines.onnxrt import OrtEngine
-    eng = OrtEngine(graph, threads=threads)
     x = np.random.default_rng(0).integers(0, 255, (batch, *hw, 3), dtype=np.uint8)
-    for _ in range(3):
-        eng.infer(x)
-    times = []
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(times) < 10:
-        t = time.perf_counter()
-        eng.infer(x)
-        times.append(time.perf_counter() - t)
-    times = np.array(times)
-    return {"batch": batch, "images_per_second": batch / np.median(times),
-            "latency_ms_p50": float(np.median(times) * 1000), "latency_ms_p99": float(np.percentile(times, 99) * 1000)}
+    res = time_engine(OrtEngine(graph, threads=threads), x, seconds)
+    return dict(res, images_per_second=res["model_fps"])
 
 
 def main():
