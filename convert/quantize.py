@@ -304,6 +304,11 @@ def compare(bundle, variant_path, images, labels=None, masks=None, batch=8, thre
     if labels is not None and labels.min() != labels.max():
         a32, a = metrics.auroc(labels, rscores), metrics.auroc(labels, scores)
         res.update(image_auroc_fp32=float(a32), image_auroc=float(a), auroc_drop=float(a32 - a))
+        # Misclassified test images: FP32 at its threshold, the variant at FP32's and at its own.
+        res.update(errors_fp32=int(((rscores > thr) != labels.astype(bool)).sum()),
+                   errors_at_fp32_threshold=int(((scores > thr) != labels.astype(bool)).sum()))
+        if own_threshold is not None:
+            res["errors_at_own_threshold"] = int(((scores > own_threshold) != labels.astype(bool)).sum())
         if masks is not None and masks.any():
             p32, p = metrics.auroc(masks, rmaps), metrics.auroc(masks, maps)
             res.update(pixel_auroc_fp32=float(p32), pixel_auroc=float(p))

@@ -164,18 +164,18 @@ def main(argv=None):
                 + f"; {1 / t32:.1f} vs {1 / t8:.1f} frames/s")
 
     print(f"\nONNX Runtime, {args.threads} threads, batch 1, {args.size}x{args.size}; AUROC drop = FP32 - variant "
-          f"(image level, test split); score diff = largest |variant - FP32| / threshold; flips = test "
-          f"images whose decision differs from FP32's at the FP32 threshold / at the variant's own threshold")
+          f"(image level, test split); score diff = largest |variant - FP32| / threshold; errors = misclassified "
+          f"test images: FP32 / INT8 at FP32's threshold / INT8 at its own threshold")
     hdr = (f"{'method':<10}{'category':<14}{'AUROC fp32':>11}{'int8':>8}{'drop':>8}{'score diff':>11}"
-           f"{'flips':>7}{'fp16':>8}{'drop':>8}{'score diff':>11}{'fps fp32':>10}{'fps int8':>10}{'speed-up':>9}")
+           f"{'errors':>9}{'fp16':>8}{'drop':>8}{'score diff':>11}{'fps fp32':>10}{'fps int8':>10}{'speed-up':>9}")
     print(hdr)
     print("-" * len(hdr))
     for method, cat, i8, f16, f32fps, i8fps in rows:
-        flips = f"{i8['decisions_changed']}/{i8.get('decisions_changed_own_threshold', '-')}"
+        flips = f"{i8['errors_fp32']}/{i8['errors_at_fp32_threshold']}/{i8.get('errors_at_own_threshold', '-')}"
         f16cols = (f"{f16['image_auroc']:>8.4f}{f16['auroc_drop']:>8.4f}{f16['max_score_diff_rel']:>10.2%} "
                    if f16 else f"{'-':>8}{'-':>8}{'-':>11}")
         print(f"{method:<10}{cat:<14}{i8['image_auroc_fp32']:>11.4f}{i8['image_auroc']:>8.4f}{i8['auroc_drop']:>8.4f}"
-              f"{i8['max_score_diff_rel']:>10.2%} {flips:>7}{f16cols}{f32fps:>10.1f}{i8fps:>10.1f}{i8fps / f32fps:>8.2f}x")
+              f"{i8['max_score_diff_rel']:>10.2%} {flips:>9}{f16cols}{f32fps:>10.1f}{i8fps:>10.1f}{i8fps / f32fps:>8.2f}x")
     for method in args.methods.split(","):
         r = [x for x in rows if x[0] == method]
         if not r:
