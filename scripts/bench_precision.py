@@ -1,6 +1,6 @@
 """FP32 vs FP16 vs INT8 under ONNX Runtime on PIPED (or any MVTec-layout sets): accuracy and speed.
 
-    .venv/bin/python -m scripts.bench_precision [--root /work/shared/data/piped]
+    .venv/bin/python -m scripts.bench_precision [--root ../shared/data/piped]
         [--categories PA_BDP01_TL,...] [--methods patchcore,padim] [--calib-method minmax]
         [--size 256] [--threads 2] [--seconds 4] [--work /tmp/bench_precision] [--explain]
 
@@ -125,7 +125,7 @@ def explain(path, threads, seconds):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--root", default="/work/shared/data/piped")
+    ap.add_argument("--root", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "piped"))
     ap.add_argument("--categories", help="comma-separated (default: every folder under --root)")
     ap.add_argument("--methods", default="patchcore,padim")
     ap.add_argument("--calib-method", default=None, help="int8 calibration (default: convert.int8's)")

@@ -19,8 +19,6 @@ from edge.errors import EdgeError
 from tests.helpers import PIPED
 
 CAT = os.path.join(PIPED, "PA_BDP01_TL")
-if not os.path.isdir(CAT):
-    CAT = "/work/shared/data/piped/PA_BDP01_TL"
 
 # Largest score difference against FP32, relative to the bundle's threshold.
 FP16_SCORE_RTOL = 0.01
