@@ -2,7 +2,8 @@
 
 For each engine x precision x batch, in a fresh child process (so that peak memory is its own):
   model only   engine.infer on preprocessed frames in memory, after a warm-up;
-  end to end   the run pipeline: a folder source of the test images -> preprocess -> engine
+  end to end   the run pipeline: a folder source of the test images (good parts with 10 %
+               defective ones mixed in, as on a line; --defect-share) -> preprocess -> engine
                -> decide -> records in a temporary SQLite store (flagged frames saved), as fast
                as it goes; then paced at half the engine's rate for the latency it adds
                (capture to decision, minus the engine's own time);
@@ -75,19 +76,38 @@ def _pipeline_pass(bundle, engine, folder, tmp, batch, frames, threshold, fps=No
     return s
 
 
-def _end_to_end(bundle, engine, paths, batch, frames, model_fps, precision):
+def line_stream(paths, labels, defect_share):
+    """The test images as a line sees them: good parts with defective ones mixed in at
+    `defect_share` (None: the test split as it is)."""
+    if defect_share is None:
+        return list(paths)
+    good = [p for p, y in zip(paths, labels) if not y]
+    bad = [p for p, y in zip(paths, labels) if y]
+    if not good or not bad:
+        return list(paths)
+    n_bad = max(1, int(round(defect_share / (1 - defect_share) * len(good))))
+    bad = bad[:n_bad]
+    step = (len(good) + len(bad)) / len(bad)
+    out = list(good)
+    for i, p in enumerate(bad):
+        out.insert(int(i * step), p)
+    return out
+
+
+def _end_to_end(bundle, engine, stream, batch, frames, model_fps, precision):
     """Source to recorded decision: frames per second with the source as fast as it goes
     (inspect-all, so the engine sets the pace), then the latency the pipeline adds over the
     engine with the source paced at half the engine's rate (so that no queue builds up)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.path.join(tmp, "frames")
         os.makedirs(folder)
-        for i, p in enumerate(paths):
+        for i, p in enumerate(stream):
             os.symlink(p, os.path.join(folder, f"{i:05d}{os.path.splitext(p)[1]}"))
         thr = bundle.threshold_for(precision)
         fast = _pipeline_pass(bundle, engine, folder, tmp, batch, frames, thr)
         paced = _pipeline_pass(bundle, engine, folder, tmp, 1, max(20, frames // 3), thr, fps=model_fps / 2)
-    return {"e2e_fps": fast["fps"], "e2e_frames": fast["decided"], "e2e_latency_ms_p50": paced["latency_ms_p50"],
+    return {"e2e_fps": fast["fps"], "e2e_frames": fast["decided"], "e2e_rejects": fast["rejects"],
+            "e2e_latency_ms_p50": paced["latency_ms_p50"],
             "added_ms_p50": paced["added_ms_p50"], "added_ms_p95": paced["added_ms_p95"]}
 
 
@@ -111,7 +131,8 @@ def child(spec):
             res["image_auroc"] = auroc(labels, scores)
             res["scores"] = scores.tolist()
             if spec.get("e2e_frames"):
-                res.update(_end_to_end(bundle, engine, paths, b, spec["e2e_frames"], res["model_fps"], spec["precision"]))
+                stream = line_stream(paths, labels, spec.get("defect_share"))
+                res.update(_end_to_end(bundle, engine, stream, b, spec["e2e_frames"], res["model_fps"], spec["precision"]))
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return res
 
@@ -131,6 +152,9 @@ def add_arguments(p):
     p.add_argument("--data", help="data set root for accuracy and end-to-end frames (default: the training data)")
     p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per configuration")
     p.add_argument("--e2e-frames", type=int, default=300, help="frames through the pipeline (0: skip)")
+    p.add_argument("--defect-share", type=float, default=0.1,
+                   help="end to end: share of defective frames in the stream (default 0.1, as on a line; "
+                        "-1: the test split as it is)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager baseline")
     p.add_argument("--json", help="write all figures here")
     p.add_argument("--plot", help="write a throughput plot (PNG) here")
@@ -158,7 +182,8 @@ def run(args):
         for precision in precisions:
             for b in batches:
                 spec = {"bundle": bundle.path, "engine": engine, "precision": precision, "batch": b,
-                        "data": data, "seconds": args.seconds, "e2e_frames": args.e2e_frames}
+                        "data": data, "seconds": args.seconds, "e2e_frames": args.e2e_frames,
+                        "defect_share": None if args.defect_share < 0 else args.defect_share}
                 sys.stderr.write(f"bench: {engine} {precision} batch {b} ...\n")
                 rows.append(dict(spec, **_spawn(["-m", "edge.cli", "bench", bundle.path, "--child", json.dumps(spec)])))
     if not args.no_torch and importlib.util.find_spec("torch") and bundle.manifest.get("torch_model"):

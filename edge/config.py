@@ -8,7 +8,7 @@ path and the value at fault. See deploy/config/example.yaml for a commented exam
     decision: {threshold: null, min_area: 0.0}
     deadline_ms: 500
     queue_size: 8
-    records: {db: records.db, images: records/images, quota_mb: 1024, save: flagged, format: png}
+    records: {db: records.db, images: records/images, quota_mb: 1024, save: flagged, format: jpg}
     line: {...}                            # docs/line-io.md
     view: {host: 127.0.0.1, port: 8080}
     status_every_s: 2
@@ -94,7 +94,7 @@ def validate(cfg, base_dir="."):
                       "images": path_of(_str(rec, "images", "records")),
                       "quota_mb": _num(rec, "quota_mb", "records", 1, 10 ** 7, 1024, float),
                       "save": _choice(rec, "save", "records", ("flagged", "all", "none"), "flagged"),
-                      "format": _choice(rec, "format", "records", ("png", "jpg"), "png")}
+                      "format": _choice(rec, "format", "records", ("png", "jpg"), "jpg")}
     if cfg.get("line") is not None:
         from .outputs import validate_line_config
         out["line"] = validate_line_config(cfg["line"], "line")

@@ -136,7 +136,7 @@ def bundle_sha256(bundle_path):
 class RecordStore:
     """See the module docstring. Thread-safe; meant to be fed from one record-stage thread."""
 
-    def __init__(self, db_path, images_dir=None, quota_mb=1024, save="flagged", image_format="png",
+    def __init__(self, db_path, images_dir=None, quota_mb=1024, save="flagged", image_format="jpg",
                  synchronous="FULL", batch_rows=50, batch_s=0.2, quota_every_s=5.0, prune_chunk=200,
                  busy_timeout_s=2.0, readonly=False, jpeg_quality=90):
         if save not in SAVE_MODES:

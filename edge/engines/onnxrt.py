@@ -24,6 +24,9 @@ class OrtEngine(Engine):
         if threads:
             so.intra_op_num_threads = int(threads)
         so.log_severity_level = 3
+        # Worker threads that spin between runs take the CPU the pipeline's other stages
+        # need (capture, decisions, records) on a small box.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if providers is None:
             available = ort.get_available_providers()
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
