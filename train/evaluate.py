@@ -42,7 +42,7 @@ def compute_metrics(labels, scores, masks, maps, threshold):
     return res
 
 
-def evaluate_bundle(bundle_path, data, precision="fp32", engine="onnxruntime", batch=8, threads=None,
+def evaluate_bundle(bundle_path, data, precision="fp32", engine="onnxruntime", batch=4, threads=None,
                     record=False, json_path=None, plots=None, quiet=False):
     bundle = Bundle(bundle_path)
     pre = Preprocessor.for_bundle(bundle)
@@ -86,7 +86,7 @@ def add_arguments(p):
     p.add_argument("--plots", metavar="DIR", help="write roc.png and overlays.png (heat-map grid) here")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
     p.add_argument("--engine", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4, help="frames per engine call (default 4)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--record", action="store_true", help="store the figures in the bundle's manifest")
 

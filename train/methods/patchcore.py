@@ -56,7 +56,7 @@ class NearestNeighbourHead(nn.Module):
 
 class PatchCore:
     name = "patchcore"
-    def __init__(self, coreset_ratio=0.05, max_bank=4096, coreset_dims=32, seed=0, pool=0):
+    def __init__(self, coreset_ratio=0.1, max_bank=4096, coreset_dims=32, seed=0, pool=0):
         self.coreset_ratio = float(coreset_ratio)
         self.max_bank = int(max_bank)
         self.coreset_dims = int(coreset_dims)
