@@ -391,12 +391,17 @@ def _activate(root, target, log):
     if current == target:
         log(f"already current: {os.path.relpath(target, root)}")
         return False
+    _switch(root, target, current, log)
+    return True
+
+
+def _switch(root, target, current, log):
+    """current -> target, previous -> what was current (each link replaced atomically)."""
     if current is not None and os.path.isdir(current):
         _set_link(root, PREVIOUS, current)
     _set_link(root, CURRENT, target)
     log(f"current -> {os.path.relpath(target, root)}"
         + (f" (previous -> {os.path.relpath(current, root)})" if current else ""))
-    return True
 
 
 def activate(root, target, log=print):
@@ -417,11 +422,7 @@ def rollback(root=None, log=print):
         if previous is None or not os.path.isdir(previous):
             raise EdgeError("no previous bundle to roll back to", os.path.join(root, PREVIOUS))
         _verified(previous, "rollback")
-        if current is not None and os.path.isdir(current):
-            _set_link(root, PREVIOUS, current)
-        _set_link(root, CURRENT, previous)
-    log(f"current -> {os.path.relpath(previous, root)}"
-        + (f" (previous -> {os.path.relpath(current, root)})" if current else ""))
+        _switch(root, previous, current, log)
     return previous
 
 

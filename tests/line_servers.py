@@ -194,11 +194,7 @@ def mosquitto(tmp_path):
         assert wait_port(port), "mosquitto did not start"
         yield port
     finally:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
+        stop_process(p)
 
 
 class MqttWatcher:
@@ -238,8 +234,12 @@ def pty_pair(tmp_path):
         assert wait_until(lambda: os.path.exists(a) and os.path.exists(b), 5), "socat made no ptys"
         yield a, b
     finally:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
+        stop_process(p)
+
+
+def stop_process(p, timeout=5):
+    p.terminate()
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
