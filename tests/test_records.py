@@ -39,7 +39,7 @@ def image_files(folder):
 
 def test_wal_rows_images_events_runs(tmp_path):
     db = tmp_path / "rec" / "records.db"
-    with RecordStore(str(db), str(tmp_path / "img"), save="flagged", batch_rows=1000, batch_s=1000) as store:
+    with RecordStore(str(db), str(tmp_path / "img"), save="flagged", image_format="png", batch_rows=1000, batch_s=1000) as store:
         assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2          # FULL
         rid = store.start_run(None, {"engine": {"kind": "onnxruntime", "precision": "fp32"}})
