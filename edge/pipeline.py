@@ -222,10 +222,14 @@ class Pipeline:
                     break
                 items.append(nxt)
             n = len(items)
-            for i, (_, x) in enumerate(items):
-                buf[i] = x
+            if n == 1:
+                frames = items[0][1][None]           # a view: no copy for a single frame
+            else:
+                for i, (_, x) in enumerate(items):
+                    buf[i] = x
+                frames = buf[:n]
             t0 = time.monotonic()
-            maps, scores = self.engine.infer(buf[:n])
+            maps, scores = self.engine.infer(frames)
             spent = time.monotonic() - t0
             for i, (frame, x) in enumerate(items):
                 self.q_out.put((frame, x, maps[i], float(scores[i]), spent, n))
