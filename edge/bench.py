@@ -246,7 +246,7 @@ def plot(rows, path, title):
     ax.invert_yaxis()
     ax.set_xlabel("frames per second")
     ax.set_title(f"{title} on {os.cpu_count()} CPU cores")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / len(ok)), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path + ".tmp.png")
     plt.close(fig)

@@ -69,7 +69,8 @@ def evaluate_bundle(bundle_path, data, precision="fp32", engine="onnxruntime", b
     if plots:
         from .plots import overlay_grid, roc_plot
         os.makedirs(plots, exist_ok=True)
-        roc_plot(os.path.join(plots, "roc.png"), labels, scores, masks, maps, title=os.path.basename(bundle.path))
+        roc_plot(os.path.join(plots, "roc.png"), labels, scores, masks, maps,
+                 title=f"{bundle.method} {precision} on {os.path.basename(os.path.abspath(data))}")
         overlay_grid(os.path.join(plots, "overlays.png"), images, maps, scores, labels, bundle.threshold_for(precision))
     if record:
         bundle.manifest.setdefault("evaluation", {})[precision] = {
