@@ -52,9 +52,11 @@ def _rate(options):
 def sink(options, for_opencv=False):
     if for_opencv:      # OpenCV's CAP_GSTREAMER sets its own appsink up; it wants BGR
         return "appsink drop=true max-buffers=2 sync=false"
-    drop = "true" if options.get("drop") else "false"
+    # The appsink never drops: a frame it threw away would leave no trace. In latest mode
+    # the reader keeps pulling and the source's own one-frame buffer drops (and counts) old
+    # frames, whose sequence numbers then show as gaps downstream.
     sync = "true" if options.get("sync") else "false"
-    return f"appsink name={SINK_NAME} max-buffers=2 drop={drop} sync={sync} emit-signals=false"
+    return f"appsink name={SINK_NAME} max-buffers=2 drop=false sync={sync} emit-signals=false"
 
 
 def convert(options, has, hw_ok=True, for_opencv=False):
@@ -194,7 +196,7 @@ class GstCapture:
             raise EdgeError(f"the pipeline has no appsink: {pipeline}", where)
         self.sink.set_property("emit-signals", False)
         self.sink.set_property("max-buffers", 2)
-        self.sink.set_property("drop", bool(options.get("drop", False)))
+        self.sink.set_property("drop", False)          # see sink(): drops are counted by the source
         if self.sink.get_property("caps") is None:
             self.sink.set_property("caps", Gst.Caps.from_string(_SINK_CAPS))
         self.bus = self.pipeline.get_bus()
