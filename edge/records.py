@@ -47,15 +47,14 @@ so the database and its folder can be moved together. `recent()` returns absolut
 import fcntl
 import json
 import os
-import re
 import sqlite3
 import threading
 import time
 
-import numpy as np
-
 from .errors import EdgeError
 from .fsutil import atomic_write_bytes, json_default, sha256_file
+from .record_images import (NAME_RE, TMP_RE, day_folders, encode_image, image_name, remove_empty_upwards,
+                            unlink)
 
 SCHEMA_VERSION = 1
 
@@ -103,9 +102,6 @@ CREATE INDEX events_t ON events(t);
 
 SAVE_MODES = ("flagged", "all", "none")
 FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg"}
-_TMP = re.compile(r"^\..+\.tmp$")          # fsutil.atomic_write_bytes' temporary names
-_NAME = re.compile(r"^\d{6}\.\d{3}_r(\d+)_s(-?\d+)\.(png|jpg)$")
-_DAY = re.compile(r"^\d{2,4}$")
 
 RECORD_COLUMNS = ("id", "run_id", "seq", "wall", "latency_ms", "score", "reject", "reason", "defect_area",
                   "threshold", "part_id", "encoder", "engine", "image_path", "pruned", "extra")
@@ -283,36 +279,23 @@ class RecordStore:
         os.makedirs(self.images_dir, exist_ok=True)
         # only a run that died can leave files that no row refers to
         total = 0
-        for _day, folder, names in self._day_folders():
+        for _day, folder, names in day_folders(self.images_dir):
             for name in names:
                 path = os.path.join(folder, name)
-                if _TMP.match(name):
-                    _unlink(path)
+                if TMP_RE.match(name):
+                    unlink(path)
                     continue
-                m = _NAME.match(name) if crashed else None
+                m = NAME_RE.match(name) if crashed else None
                 if m and int(m.group(1)) in crashed:
                     rel = os.path.relpath(path, self.images_dir)
                     if conn.execute("SELECT 1 FROM records WHERE image_path=?", (rel,)).fetchone() is None:
-                        _unlink(path)
+                        unlink(path)
                         continue
                 try:
                     total += os.path.getsize(path)
                 except OSError:
                     pass
         self._image_bytes = total
-
-    def _day_folders(self):
-        """(YYYY/MM/DD, folder, sorted names) for every day folder, oldest first."""
-        root = self.images_dir
-        for y in _sorted_dirs(root):
-            for m in _sorted_dirs(os.path.join(root, y)):
-                for d in _sorted_dirs(os.path.join(root, y, m)):
-                    folder = os.path.join(root, y, m, d)
-                    try:
-                        names = sorted(os.listdir(folder))
-                    except OSError:
-                        continue
-                    yield f"{y}/{m}/{d}", folder, names
 
     # ---------------------------------------------------------------- runs and events
 
@@ -393,32 +376,9 @@ class RecordStore:
                 self._commit_pending()
 
     def _write_image(self, decision, image_rgb, amap, threshold):
-        import cv2
-
-        from .overlay import heat_overlay, label
-
         try:
-            img = np.ascontiguousarray(image_rgb)
-            if img.ndim == 2:
-                img = np.repeat(img[..., None], 3, axis=2)
-            if amap is not None:
-                amap = np.asarray(amap, np.float32).reshape(amap.shape[-2:])
-                thr = float(threshold) if threshold is not None else float(np.max(amap)) or 1.0
-                img = heat_overlay(img, amap, thr)
-            text = f"#{decision.seq} {decision.reason} score {decision.score:.4g}"
-            if decision.part_id:
-                text += f" part {decision.part_id}"
-            img = label(img, text, decision.reject)
-            if self.ext == ".png":
-                ok, buf = cv2.imencode(".png", img[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])
-            else:
-                ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-            if not ok:
-                raise RuntimeError("encoder failed")
-            t = float(decision.wall)
-            rel = (time.strftime("%Y/%m/%d/%H%M%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}"
-                   f"_r{self.run_id}_s{int(decision.seq)}{self.ext}")
-            data = buf.tobytes()
+            data = encode_image(decision, image_rgb, amap, threshold, self.ext, self.jpeg_quality)
+            rel = image_name(decision, self.run_id, self.ext)
             atomic_write_bytes(os.path.join(self.images_dir, rel), data)
         except Exception as exc:  # a full disk must not stop the line: the row is kept without image
             self.stats["image_errors"] += 1
@@ -508,11 +468,11 @@ class RecordStore:
         deleted = 0
         chunk = []
         excess = self._image_bytes - target
-        for _day, folder, names in self._day_folders():
+        for _day, folder, names in day_folders(self.images_dir):
             for name in names:
                 if excess <= 0:
                     break
-                if _TMP.match(name) or not _NAME.match(name):
+                if TMP_RE.match(name) or not NAME_RE.match(name):
                     continue
                 path = os.path.join(folder, name)
                 try:
@@ -528,9 +488,9 @@ class RecordStore:
                 break
         if chunk:
             deleted += self._prune(chunk)
-        for _day, folder, names in list(self._day_folders()):
+        for _day, folder, names in list(day_folders(self.images_dir)):
             if not names:
-                _remove_empty_upwards(folder, self.images_dir)
+                remove_empty_upwards(folder, self.images_dir)
         return deleted
 
     def _prune(self, files):
@@ -545,7 +505,7 @@ class RecordStore:
                 self._rollback()
                 raise self._error("cannot mark pruned images", exc)
         for path, size in files:
-            _unlink(path)
+            unlink(path)
             with self._lock:
                 self._image_bytes -= size
         self.stats["pruned_files"] += len(files)
@@ -635,28 +595,3 @@ class RecordStore:
     def __exit__(self, *exc):
         self.close()
         return False
-
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _sorted_dirs(folder):
-    try:
-        return sorted(n for n in os.listdir(folder) if _DAY.match(n) and os.path.isdir(os.path.join(folder, n)))
-    except OSError:
-        return []
-
-
-def _remove_empty_upwards(folder, root):
-    """Remove a now-empty day folder and its empty month/year folders (never `root`)."""
-    root = os.path.abspath(root)
-    while os.path.abspath(folder) != root and os.path.abspath(folder).startswith(root + os.sep):
-        try:
-            os.rmdir(folder)
-        except OSError:
-            return
-        folder = os.path.dirname(folder)

@@ -1,0 +1,82 @@
+"""The record store's image folder: names, encoding of flagged frames with their heat map,
+and walking the date-based tree (YYYY/MM/DD/HHMMSS.mmm_r<run>_s<seq>.jpg|png), oldest first."""
+
+import os
+import re
+import time
+
+import numpy as np
+
+TMP_RE = re.compile(r"^\..+\.tmp$")          # fsutil.atomic_write_bytes' temporary names
+NAME_RE = re.compile(r"^\d{6}\.\d{3}_r(\d+)_s(-?\d+)\.(png|jpg)$")
+DAY_RE = re.compile(r"^\d{2,4}$")
+
+
+def encode_image(decision, image_rgb, amap, threshold, ext, jpeg_quality=90):
+    """The frame with its heat-map overlay and a caption, encoded as PNG or JPEG bytes."""
+    import cv2
+
+    from .overlay import heat_overlay, label
+    img = np.ascontiguousarray(image_rgb)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if amap is not None:
+        amap = np.asarray(amap, np.float32).reshape(amap.shape[-2:])
+        thr = float(threshold) if threshold is not None else float(np.max(amap)) or 1.0
+        img = heat_overlay(img, amap, thr)
+    text = f"#{decision.seq} {decision.reason} score {decision.score:.4g}"
+    if decision.part_id:
+        text += f" part {decision.part_id}"
+    img = label(img, text, decision.reject)
+    if ext == ".png":
+        ok, buf = cv2.imencode(".png", img[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    else:
+        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    if not ok:
+        raise RuntimeError("encoder failed")
+    return buf.tobytes()
+
+
+def image_name(decision, run_id, ext):
+    """Relative path of a decision's image: UTC capture time, run and frame number."""
+    t = float(decision.wall)
+    return (time.strftime("%Y/%m/%d/%H%M%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}"
+            f"_r{run_id}_s{int(decision.seq)}{ext}")
+
+
+def day_folders(root):
+    """(YYYY/MM/DD, folder, sorted names) for every day folder under root, oldest first."""
+    for y in _sorted_dirs(root):
+        for m in _sorted_dirs(os.path.join(root, y)):
+            for d in _sorted_dirs(os.path.join(root, y, m)):
+                folder = os.path.join(root, y, m, d)
+                try:
+                    names = sorted(os.listdir(folder))
+                except OSError:
+                    continue
+                yield f"{y}/{m}/{d}", folder, names
+
+
+def unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _sorted_dirs(folder):
+    try:
+        return sorted(n for n in os.listdir(folder) if DAY_RE.match(n) and os.path.isdir(os.path.join(folder, n)))
+    except OSError:
+        return []
+
+
+def remove_empty_upwards(folder, root):
+    """Remove a now-empty day folder and its empty month/year folders (never `root`)."""
+    root = os.path.abspath(root)
+    while os.path.abspath(folder) != root and os.path.abspath(folder).startswith(root + os.sep):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        folder = os.path.dirname(folder)
