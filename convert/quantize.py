@@ -284,7 +284,7 @@ def compare(bundle, variant_path, images, labels=None, masks=None, batch=8, thre
     the largest score and map differences, decisions changed at the bundle's threshold (and at
     the variant's own threshold, if given). `ref`: FP32 (maps, scores) already computed."""
     from edge.engines.onnxrt import OrtEngine
-    from train import metrics
+    from edge import metrics
     from train.evaluate import run_engine
 
     if ref is None:

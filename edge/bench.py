@@ -11,6 +11,7 @@ For each engine x precision x batch, in a fresh child process (so that peak memo
 A PyTorch eager baseline of the same model is timed the same way where torch is installed
 (in its own process: `edge` never imports torch)."""
 
+import argparse
 import importlib.util
 import json
 import os
@@ -127,7 +128,7 @@ def child(spec):
         res = time_engine(engine, frames, spec["seconds"])
         if images is not None:
             scores = np.concatenate([engine.infer(images[i:i + b])[1] for i in range(0, len(images), b)])
-            from train.metrics import auroc
+            from .metrics import auroc
             res["image_auroc"] = auroc(labels, scores)
             res["scores"] = scores.tolist()
             if spec.get("e2e_frames"):
@@ -158,12 +159,7 @@ def add_arguments(p):
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager baseline")
     p.add_argument("--json", help="write all figures here")
     p.add_argument("--plot", help="write a throughput plot (PNG) here")
-    p.add_argument("--child", help=argparse_hidden())
-
-
-def argparse_hidden():
-    import argparse
-    return argparse.SUPPRESS
+    p.add_argument("--child", help=argparse.SUPPRESS)   # one configuration, in a fresh process
 
 
 def run(args):

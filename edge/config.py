@@ -70,7 +70,8 @@ def validate(cfg, base_dir="."):
     if src is None or not src.get("uri"):
         raise EdgeError("is required (a URI: folder, file://, v4l2://, rtsp://, csi://, gige://, gst://)", "source")
     options = src.get("options") or {}
-    _known(options, options.keys(), "source.options")
+    if not isinstance(options, dict):            # the source itself checks the option names
+        raise EdgeError(f"must be a mapping, got {type(options).__name__}", "source.options")
     out["source"] = {"uri": _source_uri(_str(src, "uri", "source"), path_of), "options": dict(options)}
     out["mode"] = _choice(cfg, "mode", "config", MODES, "inspect-all")
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from train import metrics
+from edge import metrics
 
 
 def test_auroc_counts_pairs_and_ties():

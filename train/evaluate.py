@@ -13,7 +13,7 @@ from edge.fsutil import atomic_write_text
 from edge.preprocess import Preprocessor
 from edge.progress import Progress, say
 
-from . import metrics
+from edge import metrics
 from .data import MvtecSet, load_test
 
 

@@ -4,7 +4,7 @@ import numpy as np
 
 from edge.overlay import grid, heat_overlay, label, write_png
 
-from . import metrics
+from edge import metrics
 
 
 def roc_plot(path, labels, scores, masks, maps, title=""):

@@ -1,4 +1,5 @@
-"""The field's metrics, in numpy: image and pixel AUROC, AUPRO, F1-max, confusion counts."""
+"""The field's metrics, in numpy (no torch): image and pixel AUROC, AUPRO, F1-max, confusion counts.
+Used by evaluation (train/evaluate.py), the precision checks and `edge bench`."""
 
 import numpy as np
 
