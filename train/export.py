@@ -17,13 +17,18 @@ def export_onnx(graph, path, hw):
             graph, (dummy,), path, input_names=["frames"], output_names=["anomaly_map", "score"],
             dynamic_axes={"frames": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}},
             opset_version=OPSET, dynamo=False, do_constant_folding=True)
-    _fix_output_shapes(path, hw)
+    _finish(path, hw)
 
 
-def _fix_output_shapes(path, hw):
-    """The exporter names output dims it cannot follow; state them: only the batch is dynamic."""
+def _finish(path, hw):
+    """The exporter's shape arithmetic folded into constants and the TensorFlow-style `Pad`
+    in front of strided convolutions folded into the convolutions' own pads
+    (`convert.quantize.preprocess_graph`: ONNX Runtime spent a sixth of the frame on those
+    pads); then the output dims the exporter could not follow: only the batch is dynamic."""
     import onnx
-    model = onnx.load(path)
+
+    from convert.quantize import preprocess_graph
+    model = preprocess_graph(path)
     for out, dims in zip(model.graph.output, (["batch", hw[0], hw[1]], ["batch"])):
         shape = out.type.tensor_type.shape
         del shape.dim[:]

@@ -43,24 +43,43 @@ def gaussian_kernel1d(sigma):
     return k / k.sum()
 
 
+def axis_operator(n_in, n_out, kernel):
+    """The n_out x n_in matrix of one axis of the map's smoothing: linear upsampling
+    (align_corners=False, as bilinear `interpolate` does per axis) then the blur with mirrored
+    ends. Built by pushing the unit vectors through those operations in float64."""
+    eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in)
+    up = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)
+    pad = kernel.numel() // 2
+    if pad:
+        up = F.conv1d(F.pad(up, (pad, pad), mode="reflect"), kernel.double().view(1, 1, -1))
+    return up[:, 0, :].t().float().contiguous()
+
+
 class MapSmoother(nn.Module):
-    """Upsample a patch-score map to the input size, then a separable Gaussian blur."""
+    """Upsample a patch-score map to the input size, then a separable Gaussian blur.
+
+    Both are linear and act on rows and columns separately, so the pair is two small matrix
+    products, rows_op @ map @ cols_op^T: the same numbers as a bilinear resize followed by two
+    33-tap convolutions on the full-size map, at a tenth of the time (docs/precision.md)."""
 
     def __init__(self, out_hw, sigma=4.0):
         super().__init__()
         self.out_hw = tuple(out_hw)
         self.sigma = float(sigma)
-        k = gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1)
-        self.register_buffer("kx", k.view(1, 1, 1, -1))
-        self.register_buffer("ky", k.view(1, 1, -1, 1))
-        self.pad = k.numel() // 2
+        self.kernel = gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1)
+        self._ops = {}
+
+    def operators(self, hw, device=None):
+        key = (tuple(int(v) for v in hw), device)
+        if key not in self._ops:
+            rows = axis_operator(key[0][0], self.out_hw[0], self.kernel)
+            cols = axis_operator(key[0][1], self.out_hw[1], self.kernel)
+            self._ops[key] = (rows.to(device), cols.t().contiguous().to(device))
+        return self._ops[key]
 
     def forward(self, patch_map):
-        m = F.interpolate(patch_map.unsqueeze(1), size=self.out_hw, mode="bilinear", align_corners=False)
-        if self.pad:
-            m = F.conv2d(F.pad(m, (self.pad, self.pad, 0, 0), mode="reflect"), self.kx)
-            m = F.conv2d(F.pad(m, (0, 0, self.pad, self.pad), mode="reflect"), self.ky)
-        return m.squeeze(1)
+        rows, cols_t = self.operators(patch_map.shape[-2:], patch_map.device)
+        return torch.matmul(torch.matmul(rows, patch_map), cols_t)
 
 
 class AnomalyGraph(nn.Module):
