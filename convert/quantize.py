@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from edge.bundle import GRAPH_FILES, Bundle
+from edge.bundle import ENGINE_GRAPH_FILES, GRAPH_FILES, Bundle
 from edge.errors import EdgeError
 from edge.preprocess import Preprocessor
 from edge.progress import say
@@ -350,70 +350,106 @@ def make_variant(model, precision, calib_images=None, calib_method=None):
     return drop_unused_opsets(out), details
 
 
+def _check_variant(bundle, path, precision, trt, eval_data, max_drop, batch, threads, ref=None, label=None,
+                   for_tensorrt=True):
+    """Graph check and TensorRT check (when `trt`) of a graph meant for TensorRT, then own
+    threshold and accuracy against FP32 under ONNX Runtime of the variant graph at `path`;
+    EdgeError when it fails or loses more than `max_drop` AUROC."""
+    from convert.graphcheck import check_graph
+
+    label = label or precision
+    checks = {"onnxruntime": "runs it (accuracy below)"}
+    problems = check_graph(path) if for_tensorrt else []
+    if problems:
+        raise EdgeError(f"{label} graph fails the graph check: {'; '.join(problems)}")
+    if for_tensorrt:
+        checks = {"graphcheck": "ok"}
+    if trt and for_tensorrt:
+        built = trt_check(path, precision)
+        checks["tensorrt"] = built or "not checked (no TensorRT or TensorRT-RTX here)"
+    own = variant_threshold(bundle, path, batch, threads)
+    imgs, labels, masks, where = evaluation_set(bundle, eval_data)
+    acc, ref = compare(bundle, path, imgs, labels, masks, batch, threads, ref=ref,
+                       own_threshold=own["value"] if own else None)
+    acc["data"] = where
+    if max_drop is not None:
+        if "auroc_drop" not in acc:
+            raise EdgeError(f"--max-drop needs labelled test images; {where} has none (pass --eval-data)")
+        if acc["auroc_drop"] > max_drop:
+            raise EdgeError(f"{label} variant refused: image AUROC {acc['image_auroc']:.4f} vs "
+                            f"{acc['image_auroc_fp32']:.4f} in FP32 on {where}, a drop of "
+                            f"{acc['auroc_drop']:.4f} > --max-drop {max_drop:g}; bundle unchanged")
+    entry = {"checks": checks, **({"threshold": own} if own else {}),
+             "accuracy": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in acc.items()}}
+    return entry, ref
+
+
+def _report(label, name, entry, log):
+    a, own = entry["accuracy"], entry.get("threshold")
+    auroc = (f"image AUROC {a['image_auroc']:.4f} (FP32 {a['image_auroc_fp32']:.4f}, drop {a['auroc_drop']:+.4f}); "
+             if "auroc_drop" in a else "")
+    log(f"{label}: added {name}; on {a['data']}: {auroc}"
+        f"largest score difference {a['max_score_diff']:.4g} ({a['max_score_diff_rel']:.2%} of the threshold), "
+        f"map {a['max_map_diff']:.4g}, {a['decisions_changed']} decision(s) changed at the FP32 threshold"
+        + (f", {a['decisions_changed_own_threshold']} at its own ({own['value']:.4g})" if own else "")
+        + (f"; {entry['checks']['tensorrt']}" if "tensorrt" in entry["checks"] else ""))
+
+
 def quantize_bundle(bundle_path, precision, calib_images=DEFAULT_CALIB_IMAGES, calib_data=None,
                     calib_method=None, eval_data=None, max_drop=None, trt=True, batch=8, threads=None,
                     log=say):
-    """Add the variant to the bundle; returns the manifest's graphs.<precision> entry."""
+    """Add the variant to the bundle; returns the manifest's graphs.<precision> entry.
+    INT8 gets two graphs: the one TensorRT takes (`model.int8.onnx`) and the one ONNX Runtime
+    runs fast on CPUs (`model.int8.ort.onnx`, recorded as graphs.int8.onnxruntime); both are
+    checked, and either failing leaves the bundle unchanged."""
     import onnx
-    from convert.graphcheck import check_graph
 
     if precision not in PRECISIONS:
         raise EdgeError(f"unknown precision '{precision}' (choose from: {', '.join(PRECISIONS)})")
     if max_drop is not None and not 0 <= max_drop < 1:
         raise EdgeError(f"--max-drop {max_drop}: a fraction of AUROC between 0 and 1 (0.01 = one point)")
     bundle = Bundle(bundle_path)
-    name = GRAPH_FILES[precision]
     t0 = time.monotonic()
     model = preprocess_graph(bundle.graph_path("fp32"))
     images = calibration_images(bundle, calib_data, calib_images) if precision == "int8" else None
-    variant, details = make_variant(model, precision, images, calib_method)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=bundle.path)
-    os.close(fd)
+    variants = [(None, GRAPH_FILES[precision]) + make_variant(model, precision, images, calib_method)]
+    if precision == "int8":
+        from .int8_ort import convert_int8_ort
+        out, details = convert_int8_ort(model, split_graph(model)[0], images, calib_method or "minmax")
+        variants.append(("onnxruntime", ENGINE_GRAPH_FILES[("int8", "onnxruntime")], drop_unused_opsets(out), details))
+    tmps, entries, ref = [], [], None
     try:
-        onnx.save(variant, tmp)
-        problems = check_graph(tmp)
-        if problems:
-            raise EdgeError(f"{precision} graph fails the graph check: {'; '.join(problems)}")
-        checks = {"graphcheck": "ok"}
-        if trt:
-            built = trt_check(tmp, precision)
-            checks["tensorrt"] = built or "not checked (no TensorRT or TensorRT-RTX here)"
-        own = variant_threshold(bundle, tmp, batch, threads)
-        imgs, labels, masks, where = evaluation_set(bundle, eval_data)
-        acc, _ = compare(bundle, tmp, imgs, labels, masks, batch, threads,
-                         own_threshold=own["value"] if own else None)
-        acc["data"] = where
-        if max_drop is not None:
-            if "auroc_drop" not in acc:
-                raise EdgeError(f"--max-drop needs labelled test images; {where} has none (pass --eval-data)")
-            if acc["auroc_drop"] > max_drop:
-                raise EdgeError(f"{precision} variant refused: image AUROC {acc['image_auroc']:.4f} vs "
-                                f"{acc['image_auroc_fp32']:.4f} in FP32 on {where}, a drop of "
-                                f"{acc['auroc_drop']:.4f} > --max-drop {max_drop:g}; bundle unchanged")
+        for engine, name, graph, details in variants:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=bundle.path)
+            os.close(fd)
+            tmps.append(tmp)
+            onnx.save(graph, tmp)
+            label = f"{precision} ({engine})" if engine else precision
+            checked, ref = _check_variant(bundle, tmp, precision, trt, eval_data, max_drop, batch, threads, ref,
+                                          label, for_tensorrt=engine is None)
+            entries.append({"file": name, "source": "model.onnx", **details, **checked})
         # Commit: drop any old entry first, so that a crash between the steps leaves a
         # consistent bundle (without the variant) rather than a stale checksum.
-        if name in bundle.manifest["files"] or precision in bundle.manifest["graphs"]:
-            bundle.manifest["files"].pop(name, None)
+        names = [v[1] for v in variants] + [f for (p, _e), f in ENGINE_GRAPH_FILES.items() if p == precision]
+        if any(n in bundle.manifest["files"] for n in names) or precision in bundle.manifest["graphs"]:
+            for n in names:
+                bundle.manifest["files"].pop(n, None)
             bundle.manifest["graphs"].pop(precision, None)
             bundle.save()
-        bundle.add_file(name, tmp)
+        for (_e, name, _g, _d), tmp in zip(variants, tmps):
+            bundle.add_file(name, tmp)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    entry = {"file": name, "source": "model.onnx", **details, "checks": checks,
-             **({"threshold": own} if own else {}),
-             "accuracy": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in acc.items()},
-             "seconds": round(time.monotonic() - t0, 1)}
+        for tmp in tmps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    entry = entries[0]
+    for (engine, _n, _g, _d), sub in zip(variants[1:], entries[1:]):
+        entry[engine] = sub
+    entry["seconds"] = round(time.monotonic() - t0, 1)
     bundle.manifest["graphs"][precision] = entry
     bundle.save()
-    a = entry["accuracy"]
-    auroc = (f"image AUROC {a['image_auroc']:.4f} (FP32 {a['image_auroc_fp32']:.4f}, drop {a['auroc_drop']:+.4f}); "
-             if "auroc_drop" in a else "")
-    log(f"{precision}: added {name} ({details.get('fp32_nodes')} nodes kept in FP32); on {a['data']}: {auroc}"
-        f"largest score difference {a['max_score_diff']:.4g} ({a['max_score_diff_rel']:.2%} of the threshold), "
-        f"map {a['max_map_diff']:.4g}, {a['decisions_changed']} decision(s) changed at the FP32 threshold"
-        + (f", {a['decisions_changed_own_threshold']} at its own ({own['value']:.4g})" if own else "")
-        + f"; {checks.get('tensorrt', '')}")
+    for (engine, name, _g, _d), e in zip(variants, entries):
+        _report(f"{precision} ({engine})" if engine else precision, name, e, log)
     return entry
 
 

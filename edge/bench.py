@@ -104,7 +104,7 @@ def _end_to_end(bundle, engine, stream, batch, frames, model_fps, precision):
         os.makedirs(folder)
         for i, p in enumerate(stream):
             os.symlink(p, os.path.join(folder, f"{i:05d}{os.path.splitext(p)[1]}"))
-        thr = bundle.threshold_for(precision)
+        thr = bundle.threshold_for(precision, engine.name)
         fast = _pipeline_pass(bundle, engine, folder, tmp, batch, frames, thr)
         paced = _pipeline_pass(bundle, engine, folder, tmp, 1, max(20, frames // 3), thr, fps=model_fps / 2)
     return {"e2e_fps": fast["fps"], "e2e_frames": fast["decided"], "e2e_rejects": fast["rejects"],

@@ -4,6 +4,7 @@ A bundle is one folder:
   manifest.yaml   what the graph expects and what it was measured to do
   model.onnx      the FP32 graph (uint8 frames in; anomaly_map and score out)
   model.fp16.onnx, model.int8.onnx   optional precision variants
+  model.int8.ort.onnx                 INT8 in the form ONNX Runtime runs fast on CPUs
   plans/          TensorRT plans built on the device, named by GPU, TensorRT version, precision
 Every file except the manifest and plans/ is listed in the manifest with its sha256, and a
 bundle whose files are missing or altered is refused.
@@ -20,6 +21,8 @@ from .fsutil import atomic_write_text, sha256_file
 MANIFEST = "manifest.yaml"
 FORMAT = 1
 GRAPH_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+# Variants with a second graph for one engine, recorded as graphs.<precision>.<engine>.
+ENGINE_GRAPH_FILES = {("int8", "onnxruntime"): "model.int8.ort.onnx"}
 
 
 def dump_yaml(data):
@@ -74,21 +77,31 @@ class Bundle:
     def threshold(self):
         return float(self.manifest["threshold"]["value"])
 
-    def threshold_for(self, precision="fp32"):
+    def threshold_for(self, precision="fp32", engine=None):
         """A precision variant's own threshold where `edge quantize` set one (the bundle's rule
-        applied to the variant's scores on the same held-out good images), else the bundle's."""
-        own = self.manifest["graphs"].get(precision, {}).get("threshold")
+        applied to the variant's scores on the same held-out good images), else the bundle's.
+        `engine`: the threshold of that engine's own graph where the variant has one."""
+        own = self.graph_entry(precision, engine, required=False).get("threshold")
         return float(own["value"]) if own else self.threshold
 
     def precisions(self):
         return list(self.manifest["graphs"])
 
-    def graph_path(self, precision="fp32"):
+    def graph_entry(self, precision="fp32", engine=None, required=True):
+        """graphs.<precision>, or graphs.<precision>.<engine> where the variant has a graph of
+        its own for that engine (INT8 for ONNX Runtime)."""
         graphs = self.manifest["graphs"]
         if precision not in graphs:
+            if not required:
+                return {}
             raise EdgeError(f"bundle has no {precision} graph (has: {', '.join(graphs)}); "
                             f"make it with `edge quantize {self.path} --precision {precision}`")
-        return os.path.join(self.path, graphs[precision]["file"])
+        entry = graphs[precision]
+        sub = entry.get(engine) if engine else None
+        return sub if isinstance(sub, dict) and "file" in sub else entry
+
+    def graph_path(self, precision="fp32", engine=None):
+        return os.path.join(self.path, self.graph_entry(precision, engine)["file"])
 
     # ---- changing a bundle (atomically) ----------------------------------------------
     def add_file(self, name, src_path=None):

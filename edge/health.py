@@ -63,7 +63,7 @@ def check_engine(bundle, kind="auto", precision="fp32", batch=1, dla=None):
         if kind == "onnxruntime":
             from .engines import open_engine
             with open_engine(bundle, "onnxruntime", precision=precision, threads=1) as engine:
-                return f"onnxruntime opens {os.path.basename(bundle.graph_path(precision))} ({engine.providers[0]})"
+                return f"onnxruntime opens {os.path.basename(bundle.graph_path(precision, 'onnxruntime'))} ({engine.providers[0]})"
         if kind == "tensorrt":
             return _trt_plan_present(bundle, precision, batch, dla)
     except EdgeError as exc:

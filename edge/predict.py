@@ -32,10 +32,10 @@ def run(args):
         paths = [args.images]
     else:
         raise EdgeError("no such image or folder", args.images)
-    thr = bundle.threshold_for(args.precision) if args.threshold is None else args.threshold
     pre = Preprocessor.for_bundle(bundle)
     rejects = 0
     with open_engine(bundle, args.engine, args.precision, batch=args.batch) as engine:
+        thr = bundle.threshold_for(args.precision, engine.name) if args.threshold is None else args.threshold
         for i in range(0, len(paths), args.batch):
             chunk = paths[i:i + args.batch]
             frames = np.stack([pre(read_rgb(p)) for p in chunk])

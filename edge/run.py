@@ -97,7 +97,7 @@ def run(args):
     parts = open_parts(cfg)
     bundle = parts["bundle"]
     threshold = cfg["decision"]["threshold"]
-    threshold = bundle.threshold_for(cfg["engine"]["precision"]) if threshold is None else threshold
+    threshold = bundle.threshold_for(cfg["engine"]["precision"], parts["engine"].name) if threshold is None else threshold
     store = parts.get("store")
     run_id = store.start_run(bundle.path, cfg) if store else None
     pipe = Pipeline(parts["source"], Preprocessor.for_bundle(bundle), parts["engine"], threshold,

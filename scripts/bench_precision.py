@@ -7,9 +7,9 @@
 For each method and category: train a bundle (cached under --work), add the fp16 and int8
 variants with `edge quantize`'s code (TensorRT check off: it is checked in the tests), and
 print image AUROC of each against FP32 on the test split, the largest score difference
-(relative to the bundle's threshold), and frames per second of the FP32 and INT8 graphs
-measured side by side: batch 1, the engines taking turns in rounds after a warm-up, median
-seconds per frame (model only: no image reading or resizing). FP16 speed is not measured:
+(relative to the bundle's threshold), and frames per second of the FP32 graph and the INT8
+graph ONNX Runtime runs, measured side by side at batch 1 and 4: the engines taking turns in
+rounds after a warm-up, median seconds per frame (model only: no image reading or resizing). FP16 speed is not measured:
 ONNX Runtime on a CPU has no fast FP16 kernels; only its accuracy matters here.
 """
 
@@ -35,23 +35,23 @@ def bundle_for(method, data, work, size):
     return out
 
 
-def side_by_side(paths, frames, threads, seconds):
+def side_by_side(paths, frames, threads, seconds, batch=1):
     """Median seconds per frame for each graph, measured in alternating rounds."""
     from edge.engines.onnxrt import OrtEngine
 
     engines = [OrtEngine(p, threads=threads) for p in paths]
     for e in engines:
-        for f in frames[:3]:
-            e.infer(f[None])
+        for i in range(3):
+            e.infer(frames[i:i + batch])
     times = [[] for _ in engines]
     t_end = time.monotonic() + seconds
     i = 0
     while time.monotonic() < t_end or min(len(t) for t in times) < 10:
         for k, e in enumerate(engines):
-            f = frames[i % len(frames)][None]
+            j = (i * batch) % (len(frames) - batch + 1)
             t = time.perf_counter()
-            e.infer(f)
-            times[k].append(time.perf_counter() - t)
+            e.infer(frames[j:j + batch])
+            times[k].append((time.perf_counter() - t) / batch)
         i += 1
     return [statistics.median(t) for t in times]
 
@@ -86,41 +86,19 @@ def ort_profile(path, frames, threads, runs=20):
     return by_op, ops["QLinearConv"], ops["Conv"]
 
 
-def explain(path, threads, seconds):
-    """Why INT8 is (not) faster: per-op profile of FP32 and INT8, and an upper bound: the
-    pre-processed FP32 graph and the backbone quantized as ONNX Runtime prefers it (uint8
-    asymmetric activations; TensorRT cannot take that graph), all timed side by side."""
-    import tempfile
-
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-    from convert.int8 import _Reader
-    from convert.quantize import calibration_images, evaluation_set, preprocess_graph, split_graph
+def explain(path, threads):
+    """Where the time goes: per-op profile of the FP32 graph and both INT8 graphs."""
+    from convert.quantize import evaluation_set
     from edge.bundle import Bundle
 
     b = Bundle(path)
     frames = evaluation_set(b)[0][:16]
-    with tempfile.TemporaryDirectory() as tmp:
-        pre, u8 = os.path.join(tmp, "fp32_pre.onnx"), os.path.join(tmp, "int8_u8_ort_only.onnx")
-        model = preprocess_graph(b.graph_path("fp32"))
-        onnx.save(model, pre)
-        backbone, inits = set(split_graph(model)[0]), {i.name for i in model.graph.initializer}
-        targets = [n.name for n in model.graph.node if n.name in backbone and (
-            n.op_type in ("Conv", "Clip") or (n.op_type == "Add" and not any(t in inits for t in n.input)))]
-        quantize_static(pre, u8, _Reader(calibration_images(b, None, 16)), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["Conv", "Add", "Clip"], per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=targets,
-                        extra_options={"QuantizeBias": False, "ActivationSymmetric": False, "WeightSymmetric": True})
-        graphs = [("fp32 (bundle)", b.graph_path("fp32")), ("fp32 pre-processed", pre),
-                  ("int8 (bundle, for TensorRT)", b.graph_path("int8")), ("int8 u8 asymmetric (ORT only)", u8)]
-        times = side_by_side([g for _, g in graphs], frames, threads, seconds)
-        print(f"\n{os.path.basename(path)} ({b.method}): frames/s side by side, batch 1, {threads} threads")
-        for (name, g), t in zip(graphs, times):
-            by_op, nq, nc = ort_profile(g, frames, threads)
-            top = ", ".join(f"{k} {v:.2f}" for k, v in by_op.most_common(6))
-            print(f"  {name:<31}{1 / t:7.1f} fps  ({1 / t * times[0]:.2f}x)  QLinearConv {nq:2d} Conv {nc:2d}  "
-                  f"ms/frame by op: {top}")
+    print(f"\n{os.path.basename(path)} ({b.method}): ms per frame by op type, batch 1, {threads} threads")
+    for name, g in (("fp32", b.graph_path("fp32")), ("int8 for TensorRT", b.graph_path("int8")),
+                    ("int8 for ONNX Runtime", b.graph_path("int8", "onnxruntime"))):
+        by_op, nq, nc = ort_profile(g, frames, threads)
+        top = ", ".join(f"{k} {v:.2f}" for k, v in by_op.most_common(7))
+        print(f"  {name:<22} total {sum(by_op.values()):5.2f}  QLinearConv {nq:2d} Conv {nc:2d}  {top}")
 
 
 def main(argv=None):
@@ -136,7 +114,7 @@ def main(argv=None):
     ap.add_argument("--work", default="/tmp/bench_precision")
     ap.add_argument("--fresh", action="store_true", help="retrain the cached bundles")
     ap.add_argument("--explain", action="store_true",
-                    help="for the first method and category also: per-op profiles and an ORT-only upper bound")
+                    help="for the first category also: per-op profiles of the FP32 and both INT8 graphs")
     args = ap.parse_args(argv)
 
     from convert.quantize import evaluation_set, quantize_bundle
@@ -153,41 +131,49 @@ def main(argv=None):
         for cat in cats:
             data = os.path.join(args.root, cat)
             path = bundle_for(method, data, args.work, args.size)
-            i8 = quantize_bundle(path, "int8", calib_method=args.calib_method, trt=False, log=quiet)["accuracy"]
+            entry = quantize_bundle(path, "int8", calib_method=args.calib_method, trt=False, log=quiet)
+            i8, trt8 = entry["onnxruntime"]["accuracy"], entry["accuracy"]
             f16 = None if args.no_fp16 else quantize_bundle(path, "fp16", trt=False, log=quiet)["accuracy"]
             b = Bundle(path)
             frames = evaluation_set(b)[0][:16]
-            t32, t8 = side_by_side([b.graph_path("fp32"), b.graph_path("int8")], frames, args.threads, args.seconds)
-            rows.append((method, cat, i8, f16, 1 / t32, 1 / t8))
+            graphs = [b.graph_path("fp32"), b.graph_path("int8", "onnxruntime")]
+            fps = [[1 / t for t in side_by_side(graphs, frames, args.threads, args.seconds, n)] for n in (1, 4)]
+            rows.append((method, cat, i8, trt8, f16, fps))
             say(f"{method} {cat}: AUROC fp32 {i8['image_auroc_fp32']:.4f} int8 {i8['image_auroc']:.4f}"
                 + (f" fp16 {f16['image_auroc']:.4f}" if f16 else "")
-                + f"; {1 / t32:.1f} vs {1 / t8:.1f} frames/s")
+                + f"; batch 1: {fps[0][0]:.1f} vs {fps[0][1]:.1f} frames/s, batch 4: {fps[1][0]:.1f} vs {fps[1][1]:.1f}")
 
-    print(f"\nONNX Runtime, {args.threads} threads, batch 1, {args.size}x{args.size}; AUROC drop = FP32 - variant "
-          f"(image level, test split); score diff = largest |variant - FP32| / threshold; errors = misclassified "
-          f"test images: FP32 / INT8 at FP32's threshold / INT8 at its own threshold")
-    hdr = (f"{'method':<10}{'category':<14}{'AUROC fp32':>11}{'int8':>8}{'drop':>8}{'score diff':>11}"
-           f"{'errors':>9}{'fp16':>8}{'drop':>8}{'score diff':>11}{'fps fp32':>10}{'fps int8':>10}{'speed-up':>9}")
+    print(f"\nONNX Runtime, {args.threads} threads, {args.size}x{args.size}. int8 = the INT8 graph ONNX Runtime runs "
+          f"(model.int8.ort.onnx); int8 TRT = the one for TensorRT (model.int8.onnx), run here under ONNX Runtime for "
+          f"its accuracy only. drop = FP32 - variant image AUROC (test split); diff = largest |variant - FP32| score / "
+          f"threshold; errors = misclassified test images: FP32 / int8 at FP32's threshold / int8 at its own; "
+          f"fps = frames per second at batch 1 and 4, FP32 and int8 timed side by side")
+    hdr = (f"{'method':<10}{'category':<13}{'AUROC':>7}{'int8':>7}{'drop':>8}{'diff':>7}{'errors':>9}"
+           f"{'TRT drop':>9}{'diff':>7}{'fp16 drop':>10}{'diff':>7}"
+           f"{'b1 fp32':>9}{'int8':>7}{'x':>6}{'b4 fp32':>9}{'int8':>7}{'x':>6}")
     print(hdr)
     print("-" * len(hdr))
-    for method, cat, i8, f16, f32fps, i8fps in rows:
+    for method, cat, i8, trt8, f16, fps in rows:
         flips = f"{i8['errors_fp32']}/{i8['errors_at_fp32_threshold']}/{i8.get('errors_at_own_threshold', '-')}"
-        f16cols = (f"{f16['image_auroc']:>8.4f}{f16['auroc_drop']:>8.4f}{f16['max_score_diff_rel']:>10.2%} "
-                   if f16 else f"{'-':>8}{'-':>8}{'-':>11}")
-        print(f"{method:<10}{cat:<14}{i8['image_auroc_fp32']:>11.4f}{i8['image_auroc']:>8.4f}{i8['auroc_drop']:>8.4f}"
-              f"{i8['max_score_diff_rel']:>10.2%} {flips:>9}{f16cols}{f32fps:>10.1f}{i8fps:>10.1f}{i8fps / f32fps:>8.2f}x")
+        f16cols = f"{f16['auroc_drop']:>10.4f}{f16['max_score_diff_rel']:>7.1%}" if f16 else f"{'-':>10}{'-':>7}"
+        print(f"{method:<10}{cat:<13}{i8['image_auroc_fp32']:>7.4f}{i8['image_auroc']:>7.4f}{i8['auroc_drop']:>8.4f}"
+              f"{i8['max_score_diff_rel']:>7.1%}{flips:>9}{trt8['auroc_drop']:>9.4f}{trt8['max_score_diff_rel']:>7.1%}"
+              f"{f16cols}{fps[0][0]:>9.1f}{fps[0][1]:>7.1f}{fps[0][1] / fps[0][0]:>5.2f}x"
+              f"{fps[1][0]:>9.1f}{fps[1][1]:>7.1f}{fps[1][1] / fps[1][0]:>5.2f}x")
     for method in args.methods.split(","):
         r = [x for x in rows if x[0] == method]
         if not r:
             continue
-        drops8 = [x[2]["auroc_drop"] for x in r]
-        drops16 = [x[3]["auroc_drop"] for x in r if x[3]]
-        sp = [x[5] / x[4] for x in r]
-        print(f"{method}: int8 AUROC drop mean {np.mean(drops8):+.4f} max {max(drops8):+.4f}"
-              + (f"; fp16 drop max {max(drops16):+.4f}" if drops16 else "")
-              + f"; int8 speed-up median {statistics.median(sp):.2f}x (min {min(sp):.2f}x, max {max(sp):.2f}x)")
+        drops8, drops_trt = [x[2]["auroc_drop"] for x in r], [x[3]["auroc_drop"] for x in r]
+        drops16 = [x[4]["auroc_drop"] for x in r if x[4]]
+        sp1, sp4 = [x[5][0][1] / x[5][0][0] for x in r], [x[5][1][1] / x[5][1][0] for x in r]
+        print(f"{method}: int8 AUROC drop mean {np.mean(drops8):+.4f} max {max(drops8):+.4f} (TensorRT graph max "
+              f"{max(drops_trt):+.4f})" + (f"; fp16 drop max {max(drops16):+.4f}" if drops16 else "")
+              + f"; int8 speed-up batch 1 median {statistics.median(sp1):.2f}x (min {min(sp1):.2f}x, max "
+              f"{max(sp1):.2f}x), batch 4 median {statistics.median(sp4):.2f}x (min {min(sp4):.2f}x)")
     if args.explain and rows:
-        explain(os.path.join(args.work, rows[0][0], rows[0][1]), args.threads, args.seconds)
+        for method in args.methods.split(","):
+            explain(os.path.join(args.work, method, cats[0]), args.threads)
     return 0
 
 

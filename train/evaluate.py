@@ -54,9 +54,10 @@ def evaluate_bundle(bundle_path, data, precision="fp32", engine="onnxruntime", b
     finally:
         eng.close()
     labels = np.array([s.label for s in samples])
-    res = compute_metrics(labels, scores, masks, maps, bundle.threshold_for(precision))
+    threshold = bundle.threshold_for(precision, eng.name)
+    res = compute_metrics(labels, scores, masks, maps, threshold)
     res.update({"images": len(samples), "defective": int(labels.sum()), "engine": engine, "precision": precision,
-                "batch": batch, "images_per_second": len(samples) / spent, "threshold": bundle.threshold_for(precision),
+                "batch": batch, "images_per_second": len(samples) / spent, "threshold": threshold,
                 "data": os.path.abspath(data)})
     if not quiet:
         c = res["confusion"]
@@ -71,7 +72,7 @@ def evaluate_bundle(bundle_path, data, precision="fp32", engine="onnxruntime", b
         os.makedirs(plots, exist_ok=True)
         roc_plot(os.path.join(plots, "roc.png"), labels, scores, masks, maps,
                  title=f"{bundle.method} {precision} on {os.path.basename(os.path.abspath(data))}")
-        overlay_grid(os.path.join(plots, "overlays.png"), images, maps, scores, labels, bundle.threshold_for(precision))
+        overlay_grid(os.path.join(plots, "overlays.png"), images, maps, scores, labels, threshold)
     if record:
         bundle.manifest.setdefault("evaluation", {})[precision] = {
             k: (round(v, 5) if isinstance(v, float) else v) for k, v in res.items() if k not in ("data",)}

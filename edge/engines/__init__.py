@@ -42,7 +42,7 @@ def open_engine(bundle, kind="auto", precision="fp32", batch=1, **options):
         kind = "tensorrt" if tensorrt_available() else "onnxruntime"
     if kind == "onnxruntime":
         from .onnxrt import OrtEngine
-        return OrtEngine(bundle.graph_path(precision), precision=precision, **options)
+        return OrtEngine(bundle.graph_path(precision, "onnxruntime"), precision=precision, **options)
     if kind == "tensorrt":
         from .tensorrt import TrtEngine
         return TrtEngine.from_bundle(bundle, precision=precision, batch=batch, **options)

@@ -32,6 +32,7 @@ class OrtEngine(Engine):
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         try:
             self.session = ort.InferenceSession(graph_path, so, providers=providers)
+            self.graph_path = graph_path
         except Exception as exc:
             raise EdgeError(f"ONNX Runtime cannot load the graph: {exc}", graph_path) from None
         self.precision = precision

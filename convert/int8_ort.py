@@ -1,0 +1,306 @@
+"""INT8 for ONNX Runtime on CPUs: the same quantization recipe, in the form ONNX Runtime's x86
+and Arm kernels are fast on. TensorRT cannot take this graph; `convert.int8` writes the one it
+can, and `edge quantize --precision int8` writes both (docs/precision.md).
+
+Where it differs from the TensorRT graph, each for a measured reason:
+  * activations uint8, asymmetric per tensor (weights stay int8, symmetric, per channel; biases
+    float). ONNX Runtime's fast int8 kernels are u8 x s8; its own int8 -> uint8 rewrite stops at
+    residual forks, and with an asymmetric range the ReLU6 folds into the quantization.
+  * the input normalisation is folded into the first convolution, so the uint8 frames are the
+    first quantized tensor (scale 1, zero point 128): no float pass over the full frame.
+  * the heads' big products run in int8 too: PatchCore's features against the memory bank
+    (one MatMulIntegerToFloat, uint8 features x int8 bank, the bank norms as its FP32 bias),
+    PaDiM's differences against the inverse covariances (MatMulInteger, int8 per position and
+    column). Everything after them (minimum, norms, the product with the difference, sums,
+    square root, map smoothing, score) stays FP32. Measured: the heads' int8 adds no score
+    error beyond the backbone's (docs/precision.md).
+"""
+
+import os
+import tempfile
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edge.errors import EdgeError
+
+INPUT_ZERO_POINT = 128
+
+
+def _inits(model):
+    return {i.name: i for i in model.graph.initializer}
+
+
+def _users(model, tensor):
+    return [n for n in model.graph.node if tensor in n.input]
+
+
+def _add_init(model, name, array):
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+    return name
+
+
+# ---- input normalisation -----------------------------------------------------------------
+def fold_normalisation(model):
+    """frames -> Cast -> Transpose -> Mul(a) -> Add(b) -> [Pad reflect] -> Conv(W, c) becomes
+    ... -> Mul(1) -> Add(-128) -> ... -> Conv(W * a, c + sum W (128 a + b)): the stem sees
+    `frames - 128`, which quantizes exactly with scale 1 and zero point 128. Exact except where
+    the stem's own zero padding reaches (the outer pixel row of the mirrored border, padded
+    with 128 instead of the normalised zero). Returns the stem Conv, or None if the pattern is
+    not there."""
+    inits = _inits(model)
+    frames = model.graph.input[0].name
+    chain = []
+    t = frames
+    for op in ("Cast", "Transpose", "Mul", "Add"):
+        users = _users(model, t)
+        if len(users) != 1 or users[0].op_type != op:
+            return None
+        chain.append(users[0])
+        t = users[0].output[0]
+    mul, add = chain[2], chain[3]
+    consts = []
+    for node in (mul, add):
+        c = [x for x in node.input if x in inits]
+        if len(c) != 1:
+            return None
+        consts.append(c[0])
+    a = numpy_helper.to_array(inits[consts[0]]).astype(np.float64).reshape(-1)
+    b = numpy_helper.to_array(inits[consts[1]]).astype(np.float64).reshape(-1)
+    users = _users(model, t)
+    if len(users) == 1 and users[0].op_type == "Pad":
+        pad = users[0]
+        if next((x.s for x in pad.attribute if x.name == "mode"), b"constant") == b"constant":
+            return None                               # a constant pad would change value
+        users = _users(model, pad.output[0])
+    if len(users) != 1 or users[0].op_type != "Conv" or len(users[0].input) < 3:
+        return None
+    conv = users[0]
+    w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+    c = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+    a = np.broadcast_to(a, (w.shape[1],))
+    b = np.broadcast_to(b, (w.shape[1],))
+    w_new = w * a[None, :, None, None]
+    c_new = c + (w * (INPUT_ZERO_POINT * a + b)[None, :, None, None]).sum(axis=(1, 2, 3))
+    conv.input[1] = _add_init(model, conv.input[1] + "_folded", w_new.astype(np.float32))
+    conv.input[2] = _add_init(model, conv.input[2] + "_folded", c_new.astype(np.float32))
+    mul.input[list(mul.input).index(consts[0])] = _add_init(model, "norm_one", np.ones((), np.float32))
+    add.input[list(add.input).index(consts[1])] = _add_init(
+        model, "norm_minus_zp", np.full((), -INPUT_ZERO_POINT, np.float32))
+    return conv
+
+
+def frames_as_quantized_input(model, stem):
+    """After quantization: the stem's input DequantizeLinear reads the uint8 frames (transposed
+    and mirrored in uint8) with scale 1 and zero point 128; the float Cast/Mul/Add/Pad and the
+    QuantizeLinear become dead and are pruned."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    dq = producer.get(stem.input[0])
+    if dq is None or dq.op_type != "DequantizeLinear":
+        raise EdgeError("INT8 (ONNX Runtime): the stem convolution has no DequantizeLinear input")
+    q = producer[dq.input[0]]
+    src = q.input[0]                                   # Pad output (or the Add's)
+    pad = producer.get(src) if producer.get(src) is not None and producer[src].op_type == "Pad" else None
+    transpose = next(n for n in model.graph.node if n.op_type == "Transpose" and
+                     producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "Cast"
+                     and producer[n.input[0]].input[0] == model.graph.input[0].name)
+    new = [helper.make_node("Transpose", [model.graph.input[0].name], ["frames_nchw_u8"],
+                            name="frames_nchw_u8", perm=list(next(x.ints for x in transpose.attribute
+                                                                  if x.name == "perm")))]
+    t = "frames_nchw_u8"
+    if pad is not None:
+        new.append(helper.make_node("Pad", [t] + list(pad.input[1:]), ["frames_padded_u8"], name="frames_padded_u8",
+                                    mode=next(x.s for x in pad.attribute if x.name == "mode").decode()))
+        t = "frames_padded_u8"
+    dq.input[0] = t
+    dq.input[1] = _add_init(model, "frames_scale", np.ones((), np.float32))
+    dq.input[2] = _add_init(model, "frames_zero_point", np.full((), INPUT_ZERO_POINT, np.uint8))
+    idx = list(model.graph.node).index(dq)
+    for k, n in enumerate(new):
+        model.graph.node.insert(idx + k, n)
+
+
+# ---- PatchCore's nearest-neighbour search --------------------------------------------------
+def find_nn_head(model):
+    """(MatMul, Add bias, ReduceMin, Add |f|^2) of PatchCore's head, or None."""
+    inits = _inits(model)
+    for mm in model.graph.node:
+        if mm.op_type != "MatMul" or mm.input[1] not in inits or mm.input[0] in inits:
+            continue
+        users = _users(model, mm.output[0])
+        if len(users) != 1 or users[0].op_type != "Add" or not any(x in inits for x in users[0].input):
+            continue
+        bias = users[0]
+        users = _users(model, bias.output[0])
+        if len(users) != 1 or users[0].op_type != "ReduceMin":
+            continue
+        rmin = users[0]
+        users = _users(model, rmin.output[0])
+        if len(users) != 1 or users[0].op_type != "Add":
+            continue
+        return mm, bias, rmin, users[0]
+    return None
+
+
+def int8_search(model, head, f_range):
+    """PatchCore's |b|^2 - 2 f.b against every bank entry as one MatMulIntegerToFloat: features
+    uint8 (per tensor, calibrated), bank int8 (per entry, symmetric), the bank norms as its FP32
+    bias. The minimum and |f|^2 that finish the distance stay FP32."""
+    mm, bias, _rmin, _add_sq = head
+    inits = _inits(model)
+    bt_m2 = numpy_helper.to_array(inits[mm.input[1]]).astype(np.float64)          # D x K, = -2 bank^T
+    bsq = numpy_helper.to_array(inits[next(x for x in bias.input if x in inits)]).astype(np.float32)
+    col_scale = np.maximum(np.abs(bt_m2).max(axis=0), 1e-12) / 127.0
+    bq = np.clip(np.round(bt_m2 / col_scale), -127, 127).astype(np.int8)
+    f_scale, f_zp = _uint8_params(f_range)
+    p = "nn_search/"
+    names = {k: _add_init(model, p + k, v) for k, v in {
+        "f_scale": np.array(f_scale, np.float32), "f_zero_point": np.array(f_zp, np.uint8),
+        "bank_q": bq, "bank_scale": col_scale.astype(np.float32), "bank_sq": bsq}.items()}
+    nodes = [
+        helper.make_node("QuantizeLinear", [mm.input[0], names["f_scale"], names["f_zero_point"]], [p + "f_q"],
+                         name=p + "quantize"),
+        helper.make_node("MatMulIntegerToFloat", [p + "f_q", names["bank_q"], names["f_scale"], names["bank_scale"],
+                                                  names["f_zero_point"], "", names["bank_sq"]],
+                         [bias.output[0]], name=p + "search", domain="com.microsoft"),
+    ]
+    _replace(model, [mm, bias], nodes)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def _uint8_params(value_range):
+    """(scale, zero point) of an asymmetric uint8 quantization covering `value_range` and 0."""
+    lo, hi = min(float(value_range[0]), 0.0), max(float(value_range[1]), 0.0)
+    scale = max(hi - lo, 1e-12) / 255.0
+    return scale, int(np.clip(round(-lo / scale), 0, 255))
+
+
+def _replace(model, old, new):
+    """Put `new` nodes where the first of `old` was, and drop `old`."""
+    idx = min(list(model.graph.node).index(n) for n in old)
+    for n in old:
+        model.graph.node.remove(n)
+    for k, n in enumerate(new):
+        model.graph.node.insert(idx + k, n)
+
+
+def find_mahalanobis_head(model):
+    """PaDiM's per-position product diff @ inv_cov (a MatMul by a constant P x d x d whose
+    output is multiplied by its own input), or None."""
+    inits = _inits(model)
+    for mm in model.graph.node:
+        if mm.op_type != "MatMul" or mm.input[1] not in inits or len(inits[mm.input[1]].dims) != 3:
+            continue
+        users = _users(model, mm.output[0])
+        if len(users) == 1 and users[0].op_type == "Mul" and mm.input[0] in users[0].input:
+            return mm
+    return None
+
+
+def int8_covariance_product(model, mm, d_range):
+    """diff @ inv_cov with the left factor uint8 (per tensor) and the inverse covariances int8
+    (per position and column, symmetric): an int32 MatMulInteger, scaled back to FP32; the
+    product with diff and the sum that finish the distance stay FP32."""
+    inits = _inits(model)
+    a = numpy_helper.to_array(inits[mm.input[1]]).astype(np.float64)                 # P x d x d
+    col_scale = np.maximum(np.abs(a).max(axis=1, keepdims=True), 1e-30) / 127.0       # P x 1 x d
+    aq = np.clip(np.round(a / col_scale), -127, 127).astype(np.int8)
+    d_scale, d_zp = _uint8_params(d_range)
+    p = "cov_product/"
+    names = {k: _add_init(model, p + k, v) for k, v in {
+        "d_scale": np.array(d_scale, np.float32), "d_zero_point": np.array(d_zp, np.uint8),
+        "inv_cov_q": aq, "out_scale": (col_scale * d_scale).astype(np.float32)}.items()}
+    nodes = [
+        helper.make_node("QuantizeLinear", [mm.input[0], names["d_scale"], names["d_zero_point"]], [p + "diff_q"],
+                         name=p + "quantize"),
+        helper.make_node("MatMulInteger", [p + "diff_q", names["inv_cov_q"], names["d_zero_point"]], [p + "int32"],
+                         name=p + "product"),
+        helper.make_node("Cast", [p + "int32"], [p + "float"], name=p + "cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", [p + "float", names["out_scale"]], [mm.output[0]], name=p + "scale"),
+    ]
+    _replace(model, [mm], nodes)
+
+
+def tensor_range(model, tensor, images):
+    """(min, max) of an intermediate FP32 tensor over calibration images."""
+    import onnxruntime as ort
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    lo, hi = np.inf, -np.inf
+    for i in range(len(images)):
+        v = sess.run([tensor], {model.graph.input[0].name: images[i:i + 1]})[0]
+        lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+    return lo, hi
+
+
+def prune(model):
+    """Drop nodes whose outputs nobody reads and initializers no node reads."""
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {t for n in model.graph.node for t in n.input} | outputs
+        dead = [n for n in model.graph.node if not any(o in used for o in n.output if o)]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    used = {t for n in model.graph.node for t in n.input}
+    for i in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(i)
+    names = {i.name for i in model.graph.initializer} | {n.output[k] for n in model.graph.node for k in range(len(n.output))}
+    for vi in [v for v in model.graph.value_info if v.name not in names]:
+        model.graph.value_info.remove(vi)
+
+
+def convert_int8_ort(model, backbone_nodes, images, method="minmax"):
+    """Pre-processed FP32 ModelProto -> (QDQ ModelProto for ONNX Runtime, details)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from .int8 import _Reader
+
+    src = onnx.ModelProto()
+    src.CopyFrom(model)
+    head = find_nn_head(src)
+    f_range = tensor_range(src, head[0].input[0], images) if head else None
+    cov = find_mahalanobis_head(src)
+    d_range = tensor_range(src, cov.input[0], images) if cov is not None else None
+    stem = fold_normalisation(src)
+    inits = {i.name for i in src.graph.initializer}
+    backbone_nodes = set(backbone_nodes)
+    targets = [n.name for n in src.graph.node if n.name in backbone_nodes and (
+        n.op_type in ("Conv", "Clip") or (n.op_type == "Add" and not any(t in inits for t in n.input)))]
+    cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+          "percentile": CalibrationMethod.Percentile}[method]
+    with tempfile.TemporaryDirectory(prefix="edge-int8-ort-") as tmp:
+        a, b = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(src, a)
+        quantize_static(a, b, _Reader(images), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["Conv", "Add", "Clip"], per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=targets,
+                        calibrate_method=cm,
+                        extra_options={"QuantizeBias": False, "ActivationSymmetric": False,
+                                       "WeightSymmetric": True, "CalibMovingAverage": False})
+        out = onnx.load(b)
+    if stem is not None:
+        stem = next(n for n in out.graph.node if n.name == stem.name)
+        frames_as_quantized_input(out, stem)
+    if head is not None:
+        int8_search(out, find_nn_head(out), f_range)
+    if cov is not None:
+        int8_covariance_product(out, find_mahalanobis_head(out), d_range)
+    prune(out)
+    onnx.checker.check_model(out)
+    heads = {"patchcore": "features x memory bank in int8 (MatMulIntegerToFloat); minimum, norms in FP32",
+             "padim": "differences x inverse covariances in int8 (MatMulInteger); the rest in FP32"}
+    ops = [n.op_type for n in out.graph.node]
+    details = {"format": "QDQ (ONNX Runtime form)", "weights": "int8 symmetric per-channel",
+               "activations": "uint8 asymmetric per-tensor", "bias": "float",
+               "input": "uint8 frames, normalisation folded into the stem" if stem is not None else "normalised in FP32",
+               "head": heads["patchcore"] if head is not None else heads["padim"] if cov is not None else "FP32",
+               "qlinear_convs_expected": ops.count("Conv"), "calibration": {"method": method, "images": int(len(images))}}
+    return out, details
