@@ -270,6 +270,7 @@ def convert_int8_ort(model, backbone_nodes, images, method="minmax"):
     cov = find_mahalanobis_head(src)
     d_range = tensor_range(src, cov.input[0], images) if cov is not None else None
     stem = fold_normalisation(src)
+    prune(src)                                        # the stem's unfolded weights
     inits = {i.name for i in src.graph.initializer}
     backbone_nodes = set(backbone_nodes)
     targets = [n.name for n in src.graph.node if n.name in backbone_nodes and (
