@@ -63,6 +63,7 @@ def main(argv=None):
         return 0
     from edge.bundle import Bundle
     from edge.engines import open_engine
+    from edge.engines.onnxrt import OrtEngine
 
     bundle = Bundle(args.bundle)
     frames, what = load_frames(bundle, args.images, args.max_images)
@@ -70,7 +71,9 @@ def main(argv=None):
     failed = 0
     for precision in bundle.precisions():
         tol = TOLERANCE.get(precision, 6e-2)
-        with open_engine(bundle, "onnxruntime", precision=precision) as ort_engine:
+        # The very graph the plan was built from (for int8: model.int8.onnx, not the
+        # ONNX Runtime form that `open_engine(..., "onnxruntime", "int8")` would pick).
+        with OrtEngine(bundle.graph_path(precision, "tensorrt")) as ort_engine:
             m0, s0 = ort_engine.infer(frames)
         with open_engine(bundle, "tensorrt", precision=precision, batch=args.batch) as trt_engine:
             trt_engine.infer(frames[:1])                       # warm-up
