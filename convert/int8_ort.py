@@ -43,12 +43,13 @@ def _add_init(model, name, array):
 
 # ---- input normalisation -----------------------------------------------------------------
 def fold_normalisation(model):
-    """frames -> Cast -> Transpose -> Mul(a) -> Add(b) -> [Pad reflect] -> Conv(W, c) becomes
-    ... -> Mul(1) -> Add(-128) -> ... -> Conv(W * a, c + sum W (128 a + b)): the stem sees
-    `frames - 128`, which quantizes exactly with scale 1 and zero point 128. Exact except where
-    the stem's own zero padding reaches (the outer pixel row of the mirrored border, padded
-    with 128 instead of the normalised zero). Returns the stem Conv, or None if the pattern is
-    not there."""
+    """frames -> Cast -> Transpose -> Mul(a) -> Add(b) -> [Pad reflect] -> Conv(W, c, pads)
+    becomes ... -> Mul(1) -> Add(-128) -> [Pad reflect] -> per-channel Pad -> Conv(W * a,
+    c + sum W (128 a + b), no pads): the stem sees `frames - 128`, which quantizes exactly with
+    scale 1 and zero point 128. The stem's zero padding (zero after normalisation) becomes an
+    explicit pad with each channel's raw value that normalises to zero (-b / a: the mean), so
+    the fold is exact. Returns {conv, reflect, pads, fill} for `frames_as_quantized_input`, or
+    None if the pattern is not there."""
     inits = _inits(model)
     frames = model.graph.input[0].name
     chain = []
@@ -68,19 +69,26 @@ def fold_normalisation(model):
         consts.append(c[0])
     a = numpy_helper.to_array(inits[consts[0]]).astype(np.float64).reshape(-1)
     b = numpy_helper.to_array(inits[consts[1]]).astype(np.float64).reshape(-1)
-    users = _users(model, t)
+    users, reflect = _users(model, t), None
     if len(users) == 1 and users[0].op_type == "Pad":
-        pad = users[0]
-        if next((x.s for x in pad.attribute if x.name == "mode"), b"constant") == b"constant":
+        reflect = users[0]
+        if next((x.s for x in reflect.attribute if x.name == "mode"), b"constant") == b"constant":
             return None                               # a constant pad would change value
-        users = _users(model, pad.output[0])
+        t = reflect.output[0]
+        users = _users(model, t)
     if len(users) != 1 or users[0].op_type != "Conv" or len(users[0].input) < 3:
         return None
     conv = users[0]
+    attrs = {x.name: x for x in conv.attribute}
+    if "auto_pad" in attrs and attrs["auto_pad"].s not in (b"", b"NOTSET"):
+        return None
     w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
     c = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
-    a = np.broadcast_to(a, (w.shape[1],))
-    b = np.broadcast_to(b, (w.shape[1],))
+    channels = w.shape[1]
+    a, b = np.broadcast_to(a, (channels,)), np.broadcast_to(b, (channels,))
+    if not np.all(a != 0):
+        return None
+    fill = -b / a                                     # raw value that normalises to 0
     w_new = w * a[None, :, None, None]
     c_new = c + (w * (INPUT_ZERO_POINT * a + b)[None, :, None, None]).sum(axis=(1, 2, 3))
     conv.input[1] = _add_init(model, conv.input[1] + "_folded", w_new.astype(np.float32))
@@ -88,37 +96,72 @@ def fold_normalisation(model):
     mul.input[list(mul.input).index(consts[0])] = _add_init(model, "norm_one", np.ones((), np.float32))
     add.input[list(add.input).index(consts[1])] = _add_init(
         model, "norm_minus_zp", np.full((), -INPUT_ZERO_POINT, np.float32))
-    return conv
+    pads = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
+    if any(pads):
+        conv.attribute.remove(attrs["pads"])
+        conv.attribute.append(helper.make_attribute("pads", [0, 0, 0, 0]))
+        nodes, out = _channel_pads(model, t, pads, fill - INPUT_ZERO_POINT, np.float32, "stem_pad")
+        conv.input[0] = out
+        _insert_before(model, conv, nodes)
+    return {"conv": conv.name, "reflect": reflect, "pads": pads, "fill": fill}
 
 
-def frames_as_quantized_input(model, stem):
-    """After quantization: the stem's input DequantizeLinear reads the uint8 frames (transposed
-    and mirrored in uint8) with scale 1 and zero point 128; the float Cast/Mul/Add/Pad and the
-    QuantizeLinear become dead and are pruned."""
+def _channel_pads(model, tensor, pads, values, dtype, prefix):
+    """Nodes padding NCHW `tensor` by conv-style `pads` [top, left, bottom, right] with one
+    constant per channel (Pad takes one constant: split, pad each, concat)."""
+    onnx_pads = _add_init(model, prefix + "/pads", np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64))
+    parts = [f"{prefix}/c{i}" for i in range(len(values))]
+    nodes = [helper.make_node("Split", [tensor], parts, name=prefix + "/split", axis=1)]
+    for i, v in enumerate(values):
+        fill = _add_init(model, f"{prefix}/fill{i}", np.array(v, dtype))
+        nodes.append(helper.make_node("Pad", [parts[i], onnx_pads, fill], [parts[i] + "_padded"],
+                                      name=f"{prefix}/pad{i}", mode="constant"))
+    nodes.append(helper.make_node("Concat", [p + "_padded" for p in parts], [prefix + "/out"],
+                                  name=prefix + "/concat", axis=1))
+    return nodes, prefix + "/out"
+
+
+def _insert_before(model, node, new):
+    idx = list(model.graph.node).index(node)
+    for k, n in enumerate(new):
+        model.graph.node.insert(idx + k, n)
+
+
+def frames_as_quantized_input(model, folded):
+    """After quantization: the stem's input DequantizeLinear reads the uint8 frames (transposed,
+    mirrored and padded with each channel's mean, all in uint8) with scale 1 and zero point 128;
+    the float Cast/Mul/Add/Pad and the QuantizeLinear become dead and are pruned."""
     producer = {o: n for n in model.graph.node for o in n.output}
+    stem = next(n for n in model.graph.node if n.name == folded["conv"])
     dq = producer.get(stem.input[0])
     if dq is None or dq.op_type != "DequantizeLinear":
         raise EdgeError("INT8 (ONNX Runtime): the stem convolution has no DequantizeLinear input")
-    q = producer[dq.input[0]]
-    src = q.input[0]                                   # Pad output (or the Add's)
-    pad = producer.get(src) if producer.get(src) is not None and producer[src].op_type == "Pad" else None
     transpose = next(n for n in model.graph.node if n.op_type == "Transpose" and
                      producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "Cast"
                      and producer[n.input[0]].input[0] == model.graph.input[0].name)
-    new = [helper.make_node("Transpose", [model.graph.input[0].name], ["frames_nchw_u8"],
-                            name="frames_nchw_u8", perm=list(next(x.ints for x in transpose.attribute
-                                                                  if x.name == "perm")))]
+    perm = list(next(x.ints for x in transpose.attribute if x.name == "perm"))
+    new = [helper.make_node("Transpose", [model.graph.input[0].name], ["frames_nchw_u8"], name="frames_nchw_u8",
+                            perm=perm)]
     t = "frames_nchw_u8"
-    if pad is not None:
-        new.append(helper.make_node("Pad", [t] + list(pad.input[1:]), ["frames_padded_u8"], name="frames_padded_u8",
-                                    mode=next(x.s for x in pad.attribute if x.name == "mode").decode()))
-        t = "frames_padded_u8"
+    reflect = folded["reflect"]
+    if reflect is not None:
+        mode = next(x.s for x in reflect.attribute if x.name == "mode").decode()
+        new.append(helper.make_node("Pad", [t] + list(reflect.input[1:]), ["frames_mirrored_u8"],
+                                    name="frames_mirrored_u8", mode=mode))
+        t = "frames_mirrored_u8"
+    fill = np.clip(np.round(folded["fill"]), 0, 255)
+    if any(folded["pads"]) and np.all(np.abs(folded["fill"] - INPUT_ZERO_POINT) <= 0.5 + 1e-3):
+        # Every channel's mean rounds to the zero point (EfficientNet: 127.5): the quantized
+        # convolution's own padding is that value already, and costs nothing.
+        stem.attribute.remove(next(x for x in stem.attribute if x.name == "pads"))
+        stem.attribute.append(helper.make_attribute("pads", list(folded["pads"])))
+    elif any(folded["pads"]):
+        nodes, t = _channel_pads(model, t, folded["pads"], fill, np.uint8, "frames_stem_pad_u8")
+        new += nodes
     dq.input[0] = t
     dq.input[1] = _add_init(model, "frames_scale", np.ones((), np.float32))
     dq.input[2] = _add_init(model, "frames_zero_point", np.full((), INPUT_ZERO_POINT, np.uint8))
-    idx = list(model.graph.node).index(dq)
-    for k, n in enumerate(new):
-        model.graph.node.insert(idx + k, n)
+    _insert_before(model, dq, new)
 
 
 # ---- PatchCore's nearest-neighbour search --------------------------------------------------
@@ -288,7 +331,6 @@ def convert_int8_ort(model, backbone_nodes, images, method="minmax"):
                                        "WeightSymmetric": True, "CalibMovingAverage": False})
         out = onnx.load(b)
     if stem is not None:
-        stem = next(n for n in out.graph.node if n.name == stem.name)
         frames_as_quantized_input(out, stem)
     if head is not None:
         int8_search(out, find_nn_head(out), f_range)
