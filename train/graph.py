@@ -4,6 +4,7 @@ Everything between the camera's bytes and the verdict's number is inside it: the
 normalisation, the backbone, the method's scoring head, the upsampling and smoothing of the
 map, and its reduction to a score. The runtime therefore has no method-specific code."""
 
+import functools
 import math
 
 import torch
@@ -31,9 +32,22 @@ class Embedder(nn.Module):
             if s < self.out_stride:
                 f = F.avg_pool2d(f, self.out_stride // s)
             elif s > self.out_stride:
-                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                f = upsample(f, size)
             out.append(f)
         return torch.cat(out, 1)
+
+
+def upsample(x, size):
+    """Bilinear upsampling (align_corners=False) of N x C x h x w to `size`, as two small
+    matrix products: the same numbers as `F.interpolate`, which ONNX Runtime ran 4x slower."""
+    rows = _linear_upsampling(int(x.shape[-2]), int(size[0])).to(x.device)
+    cols_t = _linear_upsampling(int(x.shape[-1]), int(size[1])).t().contiguous().to(x.device)
+    return torch.matmul(torch.matmul(rows, x), cols_t)
+
+
+@functools.lru_cache(maxsize=32)
+def _linear_upsampling(n_in, n_out):
+    return axis_operator(n_in, n_out, torch.ones(1))
 
 
 def gaussian_kernel1d(sigma):
