@@ -42,38 +42,50 @@ class _Reader:
         self.pos = 0
 
 
-def convert_int8(model, backbone_nodes, images, method=DEFAULT_CALIBRATION, percentile=99.999, dedicated=True):
-    """FP32 ModelProto (pre-processed) -> QDQ ModelProto with `backbone_nodes` (names) quantized,
-    calibrated on `images` (N x H x W x 3 uint8, the bundle's preprocessing)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
+def backbone_targets(model, backbone_nodes, ops=("Conv",), skip=()):
+    """Names of the backbone nodes to quantize: those of `ops`, plus residual adds (both inputs
+    activations). The input normalisation (a Mul and an Add by constants on the frames)
+    stays in FP32 ahead of the first Q; names in `skip` stay FP32 too."""
     inits = {i.name for i in model.graph.initializer}
     backbone_nodes = set(backbone_nodes)
-    # Convolutions and residual adds (both inputs activations); the input normalisation
-    # (a Mul and an Add by constants on the frames) stays in FP32 ahead of the first Q.
-    targets = [n.name for n in model.graph.node if n.name in backbone_nodes and (
-        n.op_type == "Conv" or (n.op_type == "Add" and not any(t in inits for t in n.input)))]
+    return [n.name for n in model.graph.node if n.name in backbone_nodes and n.name not in skip and (
+        n.op_type in ops or (n.op_type == "Add" and not any(t in inits for t in n.input)))]
+
+
+def quantize_qdq(model, images, targets, op_types, activations, method, extra, percentile=99.999):
+    """onnxruntime's static QDQ quantization of `targets` (node names) in a ModelProto, int8
+    symmetric per-channel weights, float biases, calibrated on `images`; `activations`:
+    "int8" or "uint8"; `extra`: more of quantize_static's extra_options."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
           "percentile": CalibrationMethod.Percentile}[method]
-    extra = {
-        "QuantizeBias": False,          # TensorRT rejects INT32 bias Q/DQ
-        "ActivationSymmetric": True,    # zero point 0 (TensorRT)
-        "WeightSymmetric": True,
-        "CalibMovingAverage": False,
-        # One Q/DQ pair per consumer: ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv only
-        # when each pair has one consumer (a residual branch otherwise stays in FP32).
-        "DedicatedQDQPair": dedicated,
-    }
+    options = {"QuantizeBias": False,         # TensorRT rejects INT32 bias Q/DQ
+               "WeightSymmetric": True, "CalibMovingAverage": False, **extra}
     if method == "percentile":
-        extra["CalibPercentile"] = float(percentile)
+        options["CalibPercentile"] = float(percentile)
+    act = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activations]
     with tempfile.TemporaryDirectory(prefix="edge-int8-") as tmp:
         src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         onnx.save(model, src)
         quantize_static(
-            src, dst, _Reader(images), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
-            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            nodes_to_quantize=targets, calibrate_method=cm, extra_options=extra)
+            src, dst, _Reader(images), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
+            per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
+            nodes_to_quantize=targets, calibrate_method=cm, extra_options=options)
         return onnx.load(dst)
+
+
+def convert_int8(model, backbone_nodes, images, method=DEFAULT_CALIBRATION, percentile=99.999, dedicated=True):
+    """FP32 ModelProto (pre-processed) -> QDQ ModelProto with `backbone_nodes` (names) quantized,
+    calibrated on `images` (N x H x W x 3 uint8, the bundle's preprocessing)."""
+    extra = {
+        "ActivationSymmetric": True,    # zero point 0 (TensorRT)
+        # One Q/DQ pair per consumer: ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv only
+        # when each pair has one consumer (a residual branch otherwise stays in FP32).
+        "DedicatedQDQPair": dedicated,
+    }
+    return quantize_qdq(model, images, backbone_targets(model, backbone_nodes), QUANTIZED_OPS, "int8", method,
+                        extra, percentile)
 
 
 def int8_summary(model):

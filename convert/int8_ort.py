@@ -16,9 +16,6 @@ Where it differs from the TensorRT graph, each for a measured reason:
     error beyond the backbone's (docs/precision.md).
 """
 
-import os
-import tempfile
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -166,7 +163,8 @@ def frames_as_quantized_input(model, folded):
 
 # ---- PatchCore's nearest-neighbour search --------------------------------------------------
 def find_nn_head(model):
-    """(MatMul, Add bias, ReduceMin, Add |f|^2) of PatchCore's head, or None."""
+    """(MatMul, Add bias) of PatchCore's head (a product with a constant bank, plus the bank
+    norms, then a minimum and |f|^2), or None."""
     inits = _inits(model)
     for mm in model.graph.node:
         if mm.op_type != "MatMul" or mm.input[1] not in inits or mm.input[0] in inits:
@@ -178,11 +176,10 @@ def find_nn_head(model):
         users = _users(model, bias.output[0])
         if len(users) != 1 or users[0].op_type != "ReduceMin":
             continue
-        rmin = users[0]
-        users = _users(model, rmin.output[0])
+        users = _users(model, users[0].output[0])
         if len(users) != 1 or users[0].op_type != "Add":
             continue
-        return mm, bias, rmin, users[0]
+        return mm, bias
     return None
 
 
@@ -190,7 +187,7 @@ def int8_search(model, head, f_range):
     """PatchCore's |b|^2 - 2 f.b against every bank entry as one MatMulIntegerToFloat: features
     uint8 (per tensor, calibrated), bank int8 (per entry, symmetric), the bank norms as its FP32
     bias. The minimum and |f|^2 that finish the distance stay FP32."""
-    mm, bias, _rmin, _add_sq = head
+    mm, bias = head
     inits = _inits(model)
     bt_m2 = numpy_helper.to_array(inits[mm.input[1]]).astype(np.float64)          # D x K, = -2 bank^T
     bsq = numpy_helper.to_array(inits[next(x for x in bias.input if x in inits)]).astype(np.float32)
@@ -313,9 +310,7 @@ def feature_taps(model, backbone_nodes):
 
 def convert_int8_ort(model, backbone_nodes, images, method="minmax"):
     """Pre-processed FP32 ModelProto -> (QDQ ModelProto for ONNX Runtime, details)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from .int8 import _Reader
+    from .int8 import backbone_targets, quantize_qdq
 
     src = onnx.ModelProto()
     src.CopyFrom(model)
@@ -326,23 +321,9 @@ def convert_int8_ort(model, backbone_nodes, images, method="minmax"):
     taps = feature_taps(src, backbone_nodes)
     stem = fold_normalisation(src)
     prune(src)                                        # the stem's unfolded weights
-    inits = {i.name for i in src.graph.initializer}
-    backbone_nodes = set(backbone_nodes)
-    targets = [n.name for n in src.graph.node if n.name in backbone_nodes and (
-        n.op_type in ("Conv", "Clip") or (n.op_type == "Add" and not any(t in inits for t in n.input)))
-        and n.name not in taps]
-    cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-          "percentile": CalibrationMethod.Percentile}[method]
-    with tempfile.TemporaryDirectory(prefix="edge-int8-ort-") as tmp:
-        a, b = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
-        onnx.save(src, a)
-        quantize_static(a, b, _Reader(images), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["Conv", "Add", "Clip"], per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=targets,
-                        calibrate_method=cm,
-                        extra_options={"QuantizeBias": False, "ActivationSymmetric": False,
-                                       "WeightSymmetric": True, "CalibMovingAverage": False})
-        out = onnx.load(b)
+    targets = backbone_targets(src, backbone_nodes, ("Conv", "Clip"), skip=taps)
+    out = quantize_qdq(src, images, targets, ("Conv", "Add", "Clip"), "uint8", method,
+                       {"ActivationSymmetric": False})
     if stem is not None:
         frames_as_quantized_input(out, stem)
     if head is not None:

@@ -359,14 +359,13 @@ def _check_variant(bundle, path, precision, trt, eval_data, max_drop, batch, thr
 
     label = label or precision
     checks = {"onnxruntime": "runs it (accuracy below)"}
-    problems = check_graph(path) if for_tensorrt else []
-    if problems:
-        raise EdgeError(f"{label} graph fails the graph check: {'; '.join(problems)}")
     if for_tensorrt:
+        problems = check_graph(path)
+        if problems:
+            raise EdgeError(f"{label} graph fails the graph check: {'; '.join(problems)}")
         checks = {"graphcheck": "ok"}
-    if trt and for_tensorrt:
-        built = trt_check(path, precision)
-        checks["tensorrt"] = built or "not checked (no TensorRT or TensorRT-RTX here)"
+        if trt:
+            checks["tensorrt"] = trt_check(path, precision) or "not checked (no TensorRT or TensorRT-RTX here)"
     own = variant_threshold(bundle, path, batch, threads)
     imgs, labels, masks, where = evaluation_set(bundle, eval_data)
     acc, ref = compare(bundle, path, imgs, labels, masks, batch, threads, ref=ref,
@@ -430,7 +429,8 @@ def quantize_bundle(bundle_path, precision, calib_images=DEFAULT_CALIB_IMAGES, c
             entries.append({"file": name, "source": "model.onnx", **details, **checked})
         # Commit: drop any old entry first, so that a crash between the steps leaves a
         # consistent bundle (without the variant) rather than a stale checksum.
-        names = [v[1] for v in variants] + [f for (p, _e), f in ENGINE_GRAPH_FILES.items() if p == precision]
+        # Every file the precision may have had (an older run may have written the ORT graph).
+        names = {GRAPH_FILES[precision]} | {f for (p, _e), f in ENGINE_GRAPH_FILES.items() if p == precision}
         if any(n in bundle.manifest["files"] for n in names) or precision in bundle.manifest["graphs"]:
             for n in names:
                 bundle.manifest["files"].pop(n, None)

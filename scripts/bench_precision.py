@@ -9,8 +9,9 @@ variants with `edge quantize`'s code (TensorRT check off: it is checked in the t
 print image AUROC of each against FP32 on the test split, the largest score difference
 (relative to the bundle's threshold), and frames per second of the FP32 graph and the INT8
 graph ONNX Runtime runs, measured side by side at batch 1 and 4: the engines taking turns in
-rounds after a warm-up, median seconds per frame (model only: no image reading or resizing). FP16 speed is not measured:
-ONNX Runtime on a CPU has no fast FP16 kernels; only its accuracy matters here.
+rounds after a warm-up, median seconds per frame (model only: no image reading or resizing).
+FP16 speed is not measured: ONNX Runtime on a CPU has no fast FP16 kernels; only its
+accuracy matters here.
 """
 
 import argparse
