@@ -23,10 +23,10 @@ import os
 import time
 import warnings
 
-from edge.bundle import Bundle
+from edge.bundle.manifest import Bundle
 from edge.engines import plan_key as pk
-from edge.errors import EdgeError
-from edge.fsutil import atomic_write_bytes
+from edge.common.errors import EdgeError
+from edge.common.fsutil import atomic_write_bytes
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT = "frames"

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edge.errors import EdgeError
+from edge.common.errors import EdgeError
 
 INPUT_ZERO_POINT = 128
 

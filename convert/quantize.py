@@ -31,10 +31,10 @@ import time
 
 import numpy as np
 
-from edge.bundle import ENGINE_GRAPH_FILES, GRAPH_FILES, Bundle
-from edge.errors import EdgeError
-from edge.preprocess import Preprocessor
-from edge.progress import say
+from edge.bundle.manifest import ENGINE_GRAPH_FILES, GRAPH_FILES, Bundle
+from edge.common.errors import EdgeError
+from edge.runtime.preprocess import Preprocessor
+from edge.common.progress import say
 
 PRECISIONS = ("fp16", "int8")
 HEAD_ENTRY_OPS = ("MatMul", "Gemm", "Einsum")
@@ -207,7 +207,7 @@ def _data_root(bundle, override=None):
 def calibration_images(bundle, root=None, count=DEFAULT_CALIB_IMAGES):
     """Good images (N x H x W x 3 uint8) through the bundle's preprocessing: ROOT/train/good of
     the bundle's training data (or `root`, a data set root or a folder of images), evenly spaced."""
-    from edge.imageio import list_images
+    from edge.common.imageio import list_images
     from train.data import MvtecSet, load_images
 
     root = _data_root(bundle, root)
@@ -284,7 +284,7 @@ def compare(bundle, variant_path, images, labels=None, masks=None, batch=8, thre
     the largest score and map differences, decisions changed at the bundle's threshold (and at
     the variant's own threshold, if given). `ref`: FP32 (maps, scores) already computed."""
     from edge.engines.onnxrt import OrtEngine
-    from edge import metrics
+    from edge.common import metrics
     from train.evaluate import run_engine
 
     if ref is None:

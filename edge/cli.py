@@ -5,22 +5,22 @@ import argparse
 import importlib
 import sys
 
-from .errors import EdgeError
+from .common.errors import EdgeError
 
 # name -> (module, one-line help). A module provides add_arguments(parser) and run(args) -> int.
 COMMANDS = {
     "train": ("train.cli", "train a model on good images and write a model bundle"),
     "evaluate": ("train.evaluate", "evaluate a bundle's ONNX graph on a data set's test split"),
-    "predict": ("edge.predict", "score images or a folder with a bundle; write heat-map overlays"),
+    "predict": ("edge.tools.predict", "score images or a folder with a bundle; write heat-map overlays"),
     "quantize": ("convert.quantize", "add an FP16 or INT8 variant of the graph to a bundle"),
     "build": ("convert.build", "build a TensorRT plan for this device from a bundle"),
-    "bench": ("edge.bench", "measure throughput and latency of each engine and precision"),
-    "run": ("edge.run", "run the line-side loop: capture, infer, decide, act, record"),
-    "check": ("edge.health", "health check of an installed bundle and its runtime"),
-    "install": ("edge.install", "install a bundle (folder or archive) under the install root, verified; --activate"),
-    "rollback": ("edge.install", "make the previous installed bundle current again (swaps current and previous)"),
-    "bundles": ("edge.install", "list installed bundles and which is current / previous"),
-    "pack": ("edge.install", "pack a bundle folder into a deterministic .tar.gz (manifest first, no plans)"),
+    "bench": ("edge.tools.bench", "measure throughput and latency of each engine and precision"),
+    "run": ("edge.runtime.run", "run the line-side loop: capture, infer, decide, act, record"),
+    "check": ("edge.tools.check", "health check of an installed bundle and its runtime"),
+    "install": ("edge.bundle.install", "install a bundle (folder or archive) under the install root, verified; --activate"),
+    "rollback": ("edge.bundle.install", "make the previous installed bundle current again (swaps current and previous)"),
+    "bundles": ("edge.bundle.install", "list installed bundles and which is current / previous"),
+    "pack": ("edge.bundle.install", "pack a bundle folder into a deterministic .tar.gz (manifest first, no plans)"),
 }
 
 

@@ -63,7 +63,7 @@ def _drive(io, seconds, rate, rng):
     events, slots, seq = [], {}, 0
     t_next = time.monotonic() + 0.2
     end = t_next + seconds
-    from edge.types import Decision
+    from edge.runtime.types import Decision
     while True:
         now = time.monotonic()
         if t_next <= now and t_next < end:

@@ -90,7 +90,7 @@ def ort_profile(path, frames, threads, runs=20):
 def explain(path, threads):
     """Where the time goes: per-op profile of the FP32 graph and both INT8 graphs."""
     from convert.quantize import evaluation_set
-    from edge.bundle import Bundle
+    from edge.bundle.manifest import Bundle
 
     b = Bundle(path)
     frames = evaluation_set(b)[0][:16]
@@ -119,8 +119,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from convert.quantize import evaluation_set, quantize_bundle
-    from edge.bundle import Bundle
-    from edge.progress import say
+    from edge.bundle.manifest import Bundle
+    from edge.common.progress import say
 
     cats = args.categories.split(",") if args.categories else sorted(
         d for d in os.listdir(args.root) if os.path.isdir(os.path.join(args.root, d, "train")))

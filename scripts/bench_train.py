@@ -18,7 +18,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 def make_set(root, n=400):
-    from edge.imageio import list_images
+    from edge.common.imageio import list_images
     src = []
     for cat in ("PA_BDP01_TL", "PA_FLR01_TL"):
         for sub in ("train/good", "test/good"):
@@ -36,7 +36,7 @@ def make_set(root, n=400):
 
 
 def speed(graph, hw, batch, seconds=5.0, threads=None):
-    from edge.bench import time_engine
+    from edge.tools.bench import time_engine
     from edge.engines.onnxrt import OrtEngine
     x = np.random.default_rng(0).integers(0, 255, (batch, *hw, 3), dtype=np.uint8)
     res = time_engine(OrtEngine(graph, threads=threads), x, seconds)
@@ -57,7 +57,7 @@ def main():
         t = time.monotonic()
         train_bundle(args.method, tmp, out, (args.size, args.size), evaluate=False)
         train_s = time.monotonic() - t
-        from edge.bundle import Bundle
+        from edge.bundle.manifest import Bundle
         m = Bundle(out).manifest
         res = {"method": args.method, "images": args.images, "size": args.size, "train_seconds_total": train_s,
                "fit_seconds": m["training"]["seconds"], "feature_seconds": m["training"]["feature_seconds"],

@@ -26,7 +26,7 @@ def step(title, *args):
 
 def make_video(path, fps=30):
     """Test images in a fixed interleaved order, one frame each, as a lossless AVI."""
-    from edge.imageio import list_images
+    from edge.common.imageio import list_images
     good = list_images(os.path.join(DATA, "test", "good"))
     bad = list_images(os.path.join(DATA, "test", "impurity"))
     order = []

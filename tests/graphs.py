@@ -165,7 +165,7 @@ def make_bad_graph(path, kind, h=32, w=32):
 
 def make_bundle(folder, precisions=("fp32",), h=32, w=32, seed=0):
     """A minimal valid bundle with the toy graph in the asked precisions."""
-    from edge.bundle import GRAPH_FILES, write_manifest
+    from edge.bundle.manifest import GRAPH_FILES, write_manifest
 
     os.makedirs(folder, exist_ok=True)
     graphs = {}

@@ -1,5 +1,5 @@
-"""Deployment: bundle install / activate / rollback / prune / pack (edge.install), the health
-check (edge.health) against a real HTTP server on 127.0.0.1 and a real SQLite file, and the
+"""Deployment: bundle install / activate / rollback / prune / pack (edge.bundle.install), the health
+check (edge.tools.check) against a real HTTP server on 127.0.0.1 and a real SQLite file, and the
 deploy/ files (systemd units, install.sh, example config)."""
 
 import argparse
@@ -17,8 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from edge import health, install
-from edge.errors import EdgeError
+from edge.bundle import install
+from edge.tools import check as health
+from edge.common.errors import EdgeError
 from tests.graphs import make_bundle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,7 +134,7 @@ def test_install_folder_activate_list(srcs, root, tmp_path):
     assert os.path.islink(os.path.join(root, "current"))
     assert os.readlink(os.path.join(root, "current")) == os.path.join("bundles", res.name)
     assert not os.path.exists(os.path.join(res.path, "plans"))
-    from edge.bundle import Bundle
+    from edge.bundle.manifest import Bundle
     b = Bundle(os.path.join(root, "current"))
     assert "plans" not in b.manifest and install.bundle_id(b.manifest) == res.id
     rows = install.list_bundles(root, verify=True)
@@ -386,7 +387,7 @@ def test_check_records_is_read_only(tmp_path):
 
 
 def test_check_from_run_config(srcs, root, server, tmp_path, capsys):
-    pytest.importorskip("edge.config")
+    pytest.importorskip("edge.runtime.config")
     install.install(srcs[0], root, activate=True, log=lambda *_: None)
     db = make_db(str(tmp_path / "records.db"), [time.time()])
     cfg = {"bundle": os.path.join(root, "current"), "source": str(tmp_path),
@@ -403,7 +404,7 @@ def test_check_from_run_config(srcs, root, server, tmp_path, capsys):
 
 # ---- deploy/ files ------------------------------------------------------------------------------
 def test_example_config_validates():
-    config = pytest.importorskip("edge.config")
+    config = pytest.importorskip("edge.runtime.config")
     path = os.path.join(DEPLOY, "config", "example.yaml")
     cfg = config.validate(config.load_config(path), os.path.dirname(path))
     assert cfg["bundle"] == "/opt/lineside/current" and cfg["view"]["port"] == 8080

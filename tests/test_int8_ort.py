@@ -14,7 +14,7 @@ from onnx import TensorProto, numpy_helper
 
 from convert.int8_ort import fold_normalisation
 from convert.quantize import evaluation_set, preprocess_graph, quantize_bundle
-from edge.bundle import Bundle
+from edge.bundle.manifest import Bundle
 from edge.engines import open_engine
 from edge.engines.onnxrt import OrtEngine
 from tests.helpers import PIPED

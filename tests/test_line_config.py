@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from edge.errors import EdgeError
+from edge.common.errors import EdgeError
 from edge.outputs import LineIO, validate_line_config
 
 

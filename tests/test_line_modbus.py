@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from edge.errors import EdgeError
+from edge.common.errors import EdgeError
 from edge.outputs import LineIO
-from edge.types import Decision
+from edge.runtime.types import Decision
 
 from tests.line_servers import free_port, modbus_plc, wait_until  # noqa: F401 (fixture)
 

@@ -5,7 +5,7 @@ the timing figures belong to scripts/bench_line.py."""
 import time
 
 from edge.outputs import LineIO
-from edge.types import Decision
+from edge.runtime.types import Decision
 
 from tests.line_servers import wait_until
 

@@ -4,7 +4,7 @@ reads the other as a simple PLC or stack light would."""
 import time
 
 from edge.outputs import LineIO
-from edge.types import Decision
+from edge.runtime.types import Decision
 
 from tests.line_servers import pty_pair, wait_until  # noqa: F401 (fixture)
 

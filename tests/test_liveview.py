@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import EdgeError
-from edge.liveview import BOUNDARY, LiveView
-from edge.types import Decision
+from edge.common.errors import EdgeError
+from edge.view.server import BOUNDARY, LiveView
+from edge.runtime.types import Decision
 
 STATUS = {"fps": 12.5, "latency_ms": {"p50": 31.2, "p95": 48.9}, "frames": 1234, "rejects": 7, "drops": 3, "late": 2,
           "source": {"ok": True, "state": "streaming"}, "engine": {"ok": True, "name": "onnxruntime fp32"},

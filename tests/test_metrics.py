@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edge import metrics
+from edge.common import metrics
 
 
 def test_auroc_counts_pairs_and_ties():

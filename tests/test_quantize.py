@@ -13,9 +13,9 @@ from onnx import TensorProto
 
 from convert.graphcheck import check_graph
 from convert.quantize import preprocess_graph, quantize_bundle, split_graph
-from edge.bundle import Bundle
+from edge.bundle.manifest import Bundle
 from edge.engines.onnxrt import OrtEngine
-from edge.errors import EdgeError
+from edge.common.errors import EdgeError
 from tests.helpers import PIPED
 
 CAT = os.path.join(PIPED, "PA_BDP01_TL")

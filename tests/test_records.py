@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from edge.errors import EdgeError
-from edge.imageio import read_rgb
-from edge.records import SCHEMA_VERSION, RecordStore
-from edge.types import Decision
+from edge.common.errors import EdgeError
+from edge.common.imageio import read_rgb
+from edge.records.store import SCHEMA_VERSION, RecordStore
+from edge.runtime.types import Decision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,8 +89,8 @@ CHILD = r"""
 import sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[3])
-from edge.records import RecordStore
-from edge.types import Decision
+from edge.records.store import RecordStore
+from edge.runtime.types import Decision
 store = RecordStore(sys.argv[1], sys.argv[2], save="all", batch_rows=10, batch_s=0.05)
 store.start_run(None, {})
 img = np.full((40, 40, 3), 128, np.uint8)

@@ -10,13 +10,13 @@ import time
 
 import pytest
 
-from edge.bundle import Bundle
-from edge.config import validate
+from edge.bundle.manifest import Bundle
+from edge.runtime.config import validate
 from edge.engines.onnxrt import OrtEngine
-from edge.errors import EdgeError
-from edge.pipeline import Pipeline
-from edge.preprocess import Preprocessor
-from edge.records import RecordStore
+from edge.common.errors import EdgeError
+from edge.runtime.pipeline import Pipeline
+from edge.runtime.preprocess import Preprocessor
+from edge.records.store import RecordStore
 from edge.sources import open_source
 from tests.helpers import PIPED, ROOT, edge
 
@@ -61,8 +61,8 @@ def test_runtime_needs_no_torch(bundle, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "48 frames decided of 48 captured" in res.stdout
     # and the modules of edge/ import nothing of torch even when it is there
-    res = subprocess.run([sys.executable, "-c", "import sys, edge.run, edge.bench, edge.pipeline, edge.sources, "
-                          "edge.outputs, edge.records, edge.liveview, edge.install, edge.health, edge.predict; "
+    res = subprocess.run([sys.executable, "-c", "import sys, edge.runtime.run, edge.tools.bench, edge.runtime.pipeline, edge.sources, "
+                          "edge.outputs, edge.records.store, edge.view.server, edge.bundle.install, edge.tools.check, edge.tools.predict; "
                           "print('torch' in sys.modules)"], capture_output=True, text=True, cwd=ROOT)
     assert res.stdout.strip() == "False", res.stderr
 

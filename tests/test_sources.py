@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import EdgeError
+from edge.common.errors import EdgeError
 from edge.sources import SourceEnded, open_source, parse
 from edge.sources.backoff import Backoff
 from edge.sources.gst import build, check_elements, elements

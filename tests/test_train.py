@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 
-from edge.bundle import Bundle
+from edge.bundle.manifest import Bundle
 from edge.engines.onnxrt import OrtEngine
-from edge.preprocess import Preprocessor
+from edge.runtime.preprocess import Preprocessor
 from tests.helpers import PIPED, edge
 from train.data import MvtecSet, load_test
 from train.export import torch_infer
@@ -128,7 +128,7 @@ def test_any_size_grayscale_and_mixed_formats(tmp_path):
 
 def test_local_checkpoint_backbone(tmp_path):
     """A torchvision-style ResNet-18 state dict from a local file: real loading code, no download."""
-    from edge.errors import EdgeError
+    from edge.common.errors import EdgeError
     from train.backbones import ResNet, build_backbone
     torch.manual_seed(0)
     ref = ResNet("resnet18")

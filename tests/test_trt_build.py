@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from convert import build as cb
-from edge.bundle import Bundle
+from edge.bundle.manifest import Bundle
 from edge.engines import plan_key as pk
-from edge.errors import EdgeError
+from edge.common.errors import EdgeError
 from tests import graphs
 
 ORIN = ("Orin", (8, 7))

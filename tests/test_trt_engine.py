@@ -9,9 +9,9 @@ import types
 import numpy as np
 import pytest
 
-from edge.bundle import Bundle
+from edge.bundle.manifest import Bundle
 from edge.engines import plan_key as pk
-from edge.errors import EdgeError
+from edge.common.errors import EdgeError
 from tests import graphs
 
 ort = pytest.importorskip("onnxruntime")

@@ -11,7 +11,7 @@ import os
 import torch
 from torch import nn
 
-from edge.errors import EdgeError
+from edge.common.errors import EdgeError
 
 # (expand ratio, kernel, stride, out channels, repeats) per stage, EfficientNet-B0 layout.
 _EFFNET_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),

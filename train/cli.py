@@ -2,7 +2,7 @@
 
 import os
 
-from edge.errors import EdgeError
+from edge.common.errors import EdgeError
 
 from .methods import METHODS
 

@@ -13,9 +13,9 @@ from typing import Optional
 
 import numpy as np
 
-from edge.errors import EdgeError
-from edge.fsutil import sha256_file
-from edge.imageio import IMAGE_EXTENSIONS, list_images, read_mask, read_rgb
+from edge.common.errors import EdgeError
+from edge.common.fsutil import sha256_file
+from edge.common.imageio import IMAGE_EXTENSIONS, list_images, read_mask, read_rgb
 
 
 @dataclass

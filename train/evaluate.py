@@ -7,13 +7,13 @@ import time
 
 import numpy as np
 
-from edge.bundle import Bundle
+from edge.bundle.manifest import Bundle
 from edge.engines import open_engine
-from edge.fsutil import atomic_write_text
-from edge.preprocess import Preprocessor
-from edge.progress import Progress, say
+from edge.common.fsutil import atomic_write_text
+from edge.runtime.preprocess import Preprocessor
+from edge.common.progress import Progress, say
 
-from edge import metrics
+from edge.common import metrics
 from .data import MvtecSet, load_test
 
 

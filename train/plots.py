@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from edge.overlay import grid, heat_overlay, label, write_png
+from edge.view.overlay import grid, heat_overlay, label, write_png
 
-from edge import metrics
+from edge.common import metrics
 
 
 def roc_plot(path, labels, scores, masks, maps, title=""):

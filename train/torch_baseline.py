@@ -21,10 +21,10 @@ def main():
     ap.add_argument("--threads", type=int)
     args = ap.parse_args()
     import torch
-    from edge.bundle import Bundle
-    from edge.errors import EdgeError
-    from edge.fsutil import sha256_file
-    from edge.bench import time_engine
+    from edge.bundle.manifest import Bundle
+    from edge.common.errors import EdgeError
+    from edge.common.fsutil import sha256_file
+    from edge.tools.bench import time_engine
     bundle = Bundle(args.bundle)
     info = bundle.manifest.get("torch_model")
     if not info:

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from edge import __version__
-from edge.bundle import write_manifest
+from edge.bundle.manifest import write_manifest
 from edge.engines.onnxrt import OrtEngine
-from edge.errors import EdgeError
-from edge.fsutil import StagedDir, sha256_file
-from edge.preprocess import Preprocessor
-from edge.progress import Progress, say
+from edge.common.errors import EdgeError
+from edge.common.fsutil import StagedDir, sha256_file
+from edge.runtime.preprocess import Preprocessor
+from edge.common.progress import Progress, say
 
 from .backbones import build_backbone
 from .data import MvtecSet, load_images

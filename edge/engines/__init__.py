@@ -6,7 +6,7 @@
 The engine modules import their runtimes lazily, so a box without TensorRT can still use
 ONNX Runtime and the other way round."""
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 
 ENGINES = ("onnxruntime", "tensorrt")
 

@@ -21,7 +21,7 @@ import ctypes
 
 import numpy as np
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 
 _API = None
 

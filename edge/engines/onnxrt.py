@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 from . import Engine
 
 

@@ -17,8 +17,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
-from ..errors import EdgeError
-from ..fsutil import atomic_write_text, sha256_file
+from ..common.errors import EdgeError
+from ..common.fsutil import atomic_write_text, sha256_file
 
 PLANS_DIR = "plans"
 TIMING_CACHE = "timing.cache"

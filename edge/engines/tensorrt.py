@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 from . import Engine
 from . import plan_key as pk
 

@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Validation of the run YAML's `line:` section: every error names the key path at fault."""
 
-from ..errors import EdgeError
-from ..validate import _bool, _choice, _known, _num, _str
+from ..common.errors import EdgeError
+from ..common.validate import _bool, _choice, _known, _num, _str
 
 OUTPUT_TYPES = ("modbus", "opcua", "gpio", "mqtt", "serial", "memory")
 FAULT_KINDS = ("source", "engine", "queue")

@@ -5,7 +5,7 @@ Backends are thin: `gpiod` (libgpiod v2 Python bindings), `jetson` (Jetson.GPIO)
 
 import threading
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 from .base import Output
 from .memory import MemoryPins
 

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 from .base import LATE
 from .config import FAULT_KINDS, validate_line_config
 from .failsafe import FailSafe

@@ -6,7 +6,7 @@ import inspect
 import threading
 import time
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 from .base import FAULT_CODES, QueuedOutput
 from .config import MODBUS_COILS, MODBUS_REGS
 

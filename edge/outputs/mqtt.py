@@ -8,7 +8,7 @@ import json
 import threading
 import time
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 from .base import CODE_NAMES, Output
 
 

@@ -4,7 +4,7 @@ data types are read once per connection and every write uses them."""
 
 import threading
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 from .base import FAULT_CODES, QueuedOutput
 
 NODES = ("Ready", "Fault", "FaultCode", "StopLine", "RejectAll", "Reject", "Heartbeat",

@@ -2,7 +2,7 @@
 
     src = open_source("rtsp://10.0.0.5/stream", {"reconnect": {"initial_s": 0.5, "max_s": 10}})
     src.start()
-    frame = src.read(timeout=1.0)     # edge.types.Frame (RGB uint8), None on timeout,
+    frame = src.read(timeout=1.0)     # edge.runtime.types.Frame (RGB uint8), None on timeout,
                                       # SourceEnded at the end of a file or folder
     src.events(); src.stats(); src.describe(); src.close()
 
@@ -14,7 +14,7 @@ PyGObject is missing), and a folder reader. See docs/sources.md.
 import shutil
 import subprocess
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 from .base import Source, SourceEnded
 from .uri import SCHEMES, mask_credentials, parse
 

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from ..errors import EdgeError
-from ..types import Frame
+from ..common.errors import EdgeError
+from ..runtime.types import Frame
 from .backoff import Backoff
 from .uri import mask_credentials
 

@@ -2,8 +2,8 @@
 
 import time
 
-from ..errors import EdgeError
-from ..imageio import list_images, read_rgb
+from ..common.errors import EdgeError
+from ..common.imageio import list_images, read_rgb
 from .base import EndOfStream
 
 

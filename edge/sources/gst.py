@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 from .base import EndOfStream, Lost
 
 SINK_NAME = "edge_sink"

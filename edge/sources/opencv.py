@@ -5,7 +5,7 @@ import os
 
 import cv2
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 from .base import EndOfStream, Lost, to_rgb
 
 _API_NAMES = {cv2.CAP_ANY: "CAP_ANY", cv2.CAP_V4L2: "CAP_V4L2", cv2.CAP_FFMPEG: "CAP_FFMPEG",

@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
-from ..errors import EdgeError
+from ..common.errors import EdgeError
 
 # scheme -> one line for error messages and docs
 SCHEMES = {

@@ -30,11 +30,11 @@ def ready():
 
 
 def load_frames(bundle, folder, limit):
-    from edge.preprocess import Preprocessor
+    from edge.runtime.preprocess import Preprocessor
 
     h, w = bundle.input_hw
     if folder:
-        from edge.imageio import list_images, read_rgb
+        from edge.common.imageio import list_images, read_rgb
 
         pre = Preprocessor.for_bundle(bundle)
         paths = list_images(folder)[:limit]
@@ -61,7 +61,7 @@ def main(argv=None):
     if why:
         print(f"skip: {why}")
         return 0
-    from edge.bundle import Bundle
+    from edge.bundle.manifest import Bundle
     from edge.engines import open_engine
     from edge.engines.onnxrt import OrtEngine
 

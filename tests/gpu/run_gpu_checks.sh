@@ -22,7 +22,7 @@ if ! "$PY" -m tests.gpu.compare_trt_ort --ready; then
 fi
 
 set -e
-precisions=$("$PY" -c "import sys; from edge.bundle import Bundle; print(','.join(Bundle(sys.argv[1]).precisions()))" "$BUNDLE")
+precisions=$("$PY" -c "import sys; from edge.bundle.manifest import Bundle; print(','.join(Bundle(sys.argv[1]).precisions()))" "$BUNDLE")
 MAXB=${BATCHES##*,}
 echo "== edge build $BUNDLE --precision $precisions --batch $BATCHES"
 start=$(date +%s)
@@ -37,9 +37,9 @@ echo "== pytest -m gpu"
 "$PY" -m pytest -q -m gpu tests/test_trt_build.py
 
 echo "== edge bench"
-if "$PY" -c "import edge.bench" 2>/dev/null; then
+if "$PY" -c "import edge.tools.bench" 2>/dev/null; then
   "$PY" -m edge.cli bench "$BUNDLE" --engines onnxruntime,tensorrt
 else
-  echo "   edge bench is not installed yet (edge/bench.py); skipped"
+  echo "   edge bench is not installed yet (edge/tools/bench.py); skipped"
 fi
 echo "GPU checks passed."

@@ -5,7 +5,7 @@
     params() -> dict recorded in the manifest.
 The bare model (head) is kept apart from the training loop (train/trainer.py)."""
 
-from edge.errors import EdgeError
+from edge.common.errors import EdgeError
 
 METHODS = {
     "patchcore": ("train.methods.patchcore", "PatchCore"),

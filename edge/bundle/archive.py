@@ -10,9 +10,9 @@ import shutil
 import tarfile
 import zlib
 
-from .bundle import MANIFEST, Bundle, dump_yaml
-from .errors import EdgeError
-from .fsutil import atomic_file, sha256_file
+from .manifest import MANIFEST, Bundle, dump_yaml
+from ..common.errors import EdgeError
+from ..common.fsutil import atomic_file, sha256_file
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 MAX_MEMBERS = 10000          # an archive with more members than this is not a bundle

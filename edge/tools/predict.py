@@ -4,12 +4,12 @@ import os
 
 import numpy as np
 
-from .bundle import Bundle
-from .engines import open_engine
-from .errors import EdgeError
-from .imageio import IMAGE_EXTENSIONS, list_images, read_rgb
-from .overlay import heat_overlay, label, write_png
-from .preprocess import Preprocessor
+from ..bundle.manifest import Bundle
+from ..engines import open_engine
+from ..common.errors import EdgeError
+from ..common.imageio import IMAGE_EXTENSIONS, list_images, read_rgb
+from ..view.overlay import heat_overlay, label, write_png
+from ..runtime.preprocess import Preprocessor
 
 
 def add_arguments(p):

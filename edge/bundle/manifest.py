@@ -15,8 +15,8 @@ import os
 
 import yaml
 
-from .errors import EdgeError
-from .fsutil import atomic_write_text, sha256_file
+from ..common.errors import EdgeError
+from ..common.fsutil import atomic_write_text, sha256_file
 
 MANIFEST = "manifest.yaml"
 FORMAT = 1

@@ -51,9 +51,9 @@ import sqlite3
 import threading
 import time
 
-from .errors import EdgeError
-from .fsutil import atomic_write_bytes, json_default, sha256_file
-from .record_images import (NAME_RE, TMP_RE, day_folders, encode_image, image_name, remove_empty_upwards,
+from ..common.errors import EdgeError
+from ..common.fsutil import atomic_write_bytes, json_default, sha256_file
+from .images import (NAME_RE, TMP_RE, day_folders, encode_image, image_name, remove_empty_upwards,
                             unlink)
 
 SCHEMA_VERSION = 1

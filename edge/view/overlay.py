@@ -44,7 +44,7 @@ def grid(tiles, cols=6, pad=2):
 
 def write_png(path, image_rgb):
     """Encode then write atomically."""
-    from .fsutil import atomic_write_bytes
+    from ..common.fsutil import atomic_write_bytes
     ok, buf = cv2.imencode(".png", image_rgb[..., ::-1])
     if not ok:
         raise RuntimeError(f"cannot encode {path}")

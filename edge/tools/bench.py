@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from .errors import EdgeError
+from ..common.errors import EdgeError
 
 
 def time_engine(engine, frames, seconds=5.0, warmup=5):
@@ -43,8 +43,8 @@ def time_engine(engine, frames, seconds=5.0, warmup=5):
 
 
 def _test_set(bundle, data):
-    from .preprocess import Preprocessor
-    from .imageio import list_images, read_rgb
+    from ..runtime.preprocess import Preprocessor
+    from ..common.imageio import list_images, read_rgb
     pre = Preprocessor.for_bundle(bundle)
     test = os.path.join(data, "test") if data else None
     if not test or not os.path.isdir(test):
@@ -58,10 +58,10 @@ def _test_set(bundle, data):
 
 
 def _pipeline_pass(bundle, engine, folder, tmp, batch, frames, threshold, fps=None):
-    from .pipeline import Pipeline
-    from .preprocess import Preprocessor
-    from .records import RecordStore
-    from .sources import open_source
+    from ..runtime.pipeline import Pipeline
+    from ..runtime.preprocess import Preprocessor
+    from ..records.store import RecordStore
+    from ..sources import open_source
     src = open_source(folder, dict({"loop": True}, **({"fps": fps} if fps else {})))
     store = RecordStore(os.path.join(tmp, f"r{fps or 0:.0f}.db"), os.path.join(tmp, "img"))
     store.start_run(bundle.path, {"bench": True})
@@ -114,8 +114,8 @@ def _end_to_end(bundle, engine, stream, batch, frames, model_fps, precision):
 
 def child(spec):
     """One configuration, measured in this (fresh) process; returns a dict."""
-    from .bundle import Bundle
-    from .engines import open_engine
+    from ..bundle.manifest import Bundle
+    from ..engines import open_engine
     bundle = Bundle(spec["bundle"])
     paths, labels, images = _test_set(bundle, spec.get("data"))
     h, w = bundle.input_hw
@@ -128,7 +128,7 @@ def child(spec):
         res = time_engine(engine, frames, spec["seconds"])
         if images is not None:
             scores = np.concatenate([engine.infer(images[i:i + b])[1] for i in range(0, len(images), b)])
-            from .metrics import auroc
+            from ..common.metrics import auroc
             res["image_auroc"] = auroc(labels, scores)
             res["scores"] = scores.tolist()
             if spec.get("e2e_frames"):
@@ -166,8 +166,8 @@ def run(args):
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
-    from .bundle import Bundle
-    from .engines import tensorrt_available
+    from ..bundle.manifest import Bundle
+    from ..engines import tensorrt_available
     bundle = Bundle(args.bundle)
     engines = args.engines.split(",") if args.engines else ["onnxruntime"] + (["tensorrt"] if tensorrt_available() else [])
     precisions = args.precisions.split(",") if args.precisions else bundle.precisions()
@@ -190,7 +190,7 @@ def run(args):
     _compare_to_fp32(rows)
     print(table(rows))
     if args.json:
-        from .fsutil import atomic_write_text
+        from ..common.fsutil import atomic_write_text
         atomic_write_text(args.json, json.dumps({"bundle": bundle.path, "method": bundle.method, "cpus": os.cpu_count(),
                                                  "rows": [{k: v for k, v in r.items() if k != "scores"} for r in rows]},
                                                 indent=2) + "\n")

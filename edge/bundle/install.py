@@ -37,10 +37,10 @@ from dataclasses import dataclass
 
 import yaml
 
-from .bundle import MANIFEST, Bundle, dump_yaml
-from .errors import EdgeError
-from .bundle_archive import ARCHIVE_SUFFIXES, _find_bundle_root, is_archive, pack, safe_extract
-from .fsutil import StagedDir, _fsync_dir, atomic_write_text
+from .manifest import MANIFEST, Bundle, dump_yaml
+from ..common.errors import EdgeError
+from .archive import ARCHIVE_SUFFIXES, _find_bundle_root, is_archive, pack, safe_extract
+from ..common.fsutil import StagedDir, _fsync_dir, atomic_write_text
 
 DEFAULT_ROOT = "/opt/lineside"
 DEFAULT_KEEP = 3
@@ -400,4 +400,4 @@ def run(args):
             print(f"{row['state'] or '-':9} {row['name']:40} {row['method'] or '?':12} installed {when}"
                   + ("" if row["ok"] else f"  BROKEN: {row['problem']}"))
         return 0 if all(r["ok"] for r in rows) else 1
-    raise EdgeError(f"edge.install does not serve the command '{cmd}'")
+    raise EdgeError(f"edge.bundle.install does not serve the command '{cmd}'")

@@ -4,10 +4,10 @@ import os
 import signal
 import sys
 
-from .bundle import Bundle
+from ..bundle.manifest import Bundle
 from .config import load_config, validate
-from .engines import open_engine
-from .errors import EdgeError
+from ..engines import open_engine
+from ..common.errors import EdgeError
 from .pipeline import Pipeline, run_pipeline
 from .preprocess import Preprocessor
 
@@ -57,22 +57,22 @@ def open_parts(cfg):
         bundle = parts["bundle"] = Bundle(cfg["bundle"])
         e = cfg["engine"]
         parts["engine"] = open_engine(bundle, e["kind"], e["precision"], batch=e["batch"], threads=e["threads"])
-        from .sources import open_source
+        from ..sources import open_source
         options = dict(cfg["source"]["options"])
         if cfg["mode"] == "latest":
             options.setdefault("drop", True)
         parts["source"] = open_source(cfg["source"]["uri"], options)
         rec = cfg["records"]
         if rec["db"]:
-            from .records import RecordStore
+            from ..records.store import RecordStore
             images = rec["images"] or os.path.join(os.path.dirname(rec["db"]) or ".", "images")
             parts["store"] = RecordStore(rec["db"], images, rec["quota_mb"], rec["save"], rec["format"])
         if cfg["line"]:
-            from .outputs import LineIO
+            from ..outputs import LineIO
             parts["line"] = LineIO(cfg["line"])
             parts["line"].start()
         if cfg["view"]:
-            from .liveview import LiveView
+            from ..view.server import LiveView
             parts["view"] = LiveView(cfg["view"]["host"], cfg["view"]["port"])
             parts["view"].start()
         parts["source"].start()

@@ -16,7 +16,7 @@ def encode_image(decision, image_rgb, amap, threshold, ext, jpeg_quality=90):
     """The frame with its heat-map overlay and a caption, encoded as PNG or JPEG bytes."""
     import cv2
 
-    from .overlay import heat_overlay, label
+    from ..view.overlay import heat_overlay, label
     img = np.ascontiguousarray(image_rgb)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)

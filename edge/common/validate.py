@@ -1,5 +1,5 @@
 """Checks for configuration values: every error names the key path and the value at fault.
-Shared by the run configuration (edge/config.py) and the line section (edge/outputs/config.py)."""
+Shared by the run configuration (edge/runtime/config.py) and the line section (edge/outputs/config.py)."""
 
 from .errors import EdgeError
 

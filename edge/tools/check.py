@@ -29,7 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from .errors import EdgeError
+from ..common.errors import EdgeError
 
 DEFAULT_ROOT = "/opt/lineside"
 DEFAULT_MIN_FREE_MB = 512
@@ -42,7 +42,7 @@ class CheckFailed(Exception):
 
 # ---- the checks: each returns a detail string or raises CheckFailed -----------------------
 def check_bundle(path):
-    from .bundle import Bundle
+    from ..bundle.manifest import Bundle
 
     try:
         bundle = Bundle(path)
@@ -55,13 +55,13 @@ def check_bundle(path):
 
 
 def check_engine(bundle, kind="auto", precision="fp32", batch=1, dla=None):
-    from .engines import tensorrt_available
+    from ..engines import tensorrt_available
 
     if kind == "auto":
         kind = "tensorrt" if tensorrt_available() else "onnxruntime"
     try:
         if kind == "onnxruntime":
-            from .engines import open_engine
+            from ..engines import open_engine
             with open_engine(bundle, "onnxruntime", precision=precision, threads=1) as engine:
                 return f"onnxruntime opens {os.path.basename(bundle.graph_path(precision, 'onnxruntime'))} ({engine.providers[0]})"
         if kind == "tensorrt":
@@ -72,9 +72,9 @@ def check_engine(bundle, kind="auto", precision="fp32", batch=1, dla=None):
 
 
 def _trt_plan_present(bundle, precision, batch, dla):
-    from .engines import plan_key as pk
-    from .engines.cuda import get_api
-    from .engines.tensorrt import _build_hint, import_tensorrt
+    from ..engines import plan_key as pk
+    from ..engines.cuda import get_api
+    from ..engines.tensorrt import _build_hint, import_tensorrt
 
     trt = import_tensorrt()
     want = pk.make_key(trt, get_api().device_info(), precision, (batch, batch, batch),
@@ -102,12 +102,12 @@ def check_url(url, timeout=HTTP_TIMEOUT_S):
         raise CheckFailed(f"{url}: no answer ({reason})") from None
 
 
-DECISION_TABLES = ("records", "decisions")   # edge/records.py's table; an older name
+DECISION_TABLES = ("records", "decisions")   # edge/records/store.py's table; an older name
 
 
 def last_decision_wall(db_path):
     """Wall time (seconds since the epoch) of the newest decision in the records DB, or None
-    when there is none. Read-only; the one place that knows the records schema (edge/records.py:
+    when there is none. Read-only; the one place that knows the records schema (edge/records/store.py:
     table `records`, capture time in `wall`, indexed)."""
     uri = "file:" + urllib.parse.quote(os.path.abspath(db_path)) + "?mode=ro"
     con = sqlite3.connect(uri, uri=True, timeout=2.0)
@@ -164,8 +164,8 @@ def check_disk(paths, min_free_mb):
 def _from_config(path):
     """(bundle, engine dict, records db, url) from a run configuration."""
     try:
-        from .config import load_config, validate
-    except ImportError:                          # pragma: no cover - before edge.config lands
+        from ..runtime.config import load_config, validate
+    except ImportError:                          # pragma: no cover - before edge.runtime.config lands
         import yaml
         with open(path) as f:
             cfg = yaml.safe_load(f) or {}

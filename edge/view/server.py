@@ -38,8 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from .errors import EdgeError
-from .fsutil import json_default
+from ..common.errors import EdgeError
+from ..common.fsutil import json_default
 
 BOUNDARY = "edgeframe"
 

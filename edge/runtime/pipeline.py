@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from .errors import EdgeError
-from .sources import SourceEnded
+from ..common.errors import EdgeError
+from ..sources import SourceEnded
 from .types import Decision
 
 _END = object()

@@ -19,8 +19,8 @@ import os
 
 import yaml
 
-from .errors import EdgeError
-from .validate import _choice, _known, _num, _str
+from ..common.errors import EdgeError
+from ..common.validate import _choice, _known, _num, _str
 
 TOP = ("bundle", "source", "mode", "engine", "decision", "deadline_ms", "queue_size", "records", "line",
        "view", "status_every_s", "max_frames")
@@ -97,7 +97,7 @@ def validate(cfg, base_dir="."):
                       "save": _choice(rec, "save", "records", ("flagged", "all", "none"), "flagged"),
                       "format": _choice(rec, "format", "records", ("png", "jpg"), "jpg")}
     if cfg.get("line") is not None:
-        from .outputs import validate_line_config
+        from ..outputs import validate_line_config
         out["line"] = validate_line_config(cfg["line"], "line")
     else:
         out["line"] = None

@@ -1,0 +1,1 @@
+"""The line loop: run configuration, preprocessing, the staged pipeline and `edge run`."""

@@ -1,0 +1,1 @@
+"""Commands a technician runs beside the line: predict, bench, check."""
