@@ -1,6 +1,7 @@
 """Real servers on loopback for the line-output tests, started and stopped by the tests:
-a pymodbus TCP server acting as the PLC, an asyncua OPC UA server, Debian's mosquitto broker
-and a socat pseudo-terminal pair. Each fixture skips with the reason when its piece is missing."""
+a pymodbus TCP server acting as the PLC, an asyncua OPC UA server (also with a security policy
+and certificates), Debian's mosquitto broker (also with a TLS listener) and a socat
+pseudo-terminal pair. Each fixture skips with the reason when its piece is missing."""
 
 import asyncio
 import os
@@ -153,15 +154,52 @@ OPCUA_VARS = {   # name -> (initial value, variant type name)
 }
 
 
+OPCUA_USER = ("inspector", "s3cret-Pa55word!")
+
+
 @pytest.fixture(scope="module")
 def opcua_plc():
     """An asyncua server with the Inspector.* variables at ns=2 (as the docs list them)."""
+    yield from _opcua_server()
+
+
+@pytest.fixture(scope="module")
+def opcua_secure_plc(tmp_path_factory):
+    """The same variables behind Basic256Sha256 (Sign and SignAndEncrypt endpoints only, no
+    unsecured one), the server's own certificate, and a user name + password (OPCUA_USER).
+    `pki` holds: server (cert, key), box (cert, key) and other (a certificate of another server)."""
+    pytest.importorskip("asyncua", reason="asyncua is not installed")
+    from tests.tls_certs import opcua_app_cert
+    d = tmp_path_factory.mktemp("opcua-pki")
+    pki = {"server": opcua_app_cert(d, "plc", "urn:freeopcua:python:server"),
+           "box": opcua_app_cert(d, "box", "urn:lineside:box"),
+           "other": opcua_app_cert(d, "other-plc", "urn:freeopcua:python:server")}
+    yield from _opcua_server(pki)
+
+
+def _opcua_server(pki=None):
     pytest.importorskip("asyncua", reason="asyncua is not installed")
     from asyncua import ua
     from asyncua.sync import Server
     port = free_port()
     srv = Server()
     srv.set_endpoint(f"opc.tcp://127.0.0.1:{port}/plc/")
+    if pki:
+        from asyncua.crypto.permission_rules import User, UserRole
+        srv.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+                                 ua.SecurityPolicyType.Basic256Sha256_Sign])
+        srv.load_certificate(pki["server"][0])
+        srv.load_private_key(pki["server"][1])
+        srv.aio_obj.set_identity_tokens([ua.UserNameIdentityToken])
+        srv.logins = []
+
+        class Users:
+            def get_user(self, iserver, username=None, password=None, certificate=None):
+                ok = (username, password) == OPCUA_USER
+                srv.logins.append((username, ok))
+                return User(role=UserRole.User) if ok else None
+        srv.aio_obj.iserver.set_user_manager(Users())
+        srv.pki = pki
     idx = srv.register_namespace("urn:lineside:test-plc")
     obj = srv.nodes.objects.add_object(idx, "Inspector")
     nodes = {}
@@ -197,13 +235,54 @@ def mosquitto(tmp_path):
         stop_process(p)
 
 
-class MqttWatcher:
-    """A paho subscriber that collects (topic, payload, retain) on `topic`."""
+MQTT_USER = ("box-7", "mqtt-Pa55word!")
 
-    def __init__(self, port, topic):
+
+@pytest.fixture
+def mosquitto_tls(tmp_path):
+    """mosquitto with only a TLS listener on loopback: a test CA signed its certificate, for the
+    address 127.0.0.1 only (so `localhost` fails hostname verification); clients must show a
+    certificate from the same CA and log in as MQTT_USER.
+    Yields a namespace: port, ca, client (cert, key), other_ca (a CA that signed nothing here)."""
+    import types
+    from tests.tls_certs import CA
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    pw_tool = shutil.which("mosquitto_passwd")
+    if not exe or not pw_tool:
+        pytest.skip("mosquitto is not installed (Debian package mosquitto)")
+    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed")
+    ca, other = CA(tmp_path, "plant CA"), CA(tmp_path, "other CA")
+    server = ca.issue("broker", "broker", ips=("127.0.0.1",))
+    client = ca.issue("box", "box-7", client=True)
+    pw = tmp_path / "passwd"
+    subprocess.run([pw_tool, "-c", "-b", str(pw), *MQTT_USER], check=True, capture_output=True)
+    port = free_port()
+    conf = tmp_path / "mosquitto-tls.conf"
+    conf.write_text(f"user root\npersistence false\nallow_anonymous false\npassword_file {pw}\n"
+                    f"listener {port} 127.0.0.1\ncafile {ca.path}\ncertfile {server[0]}\n"
+                    f"keyfile {server[1]}\nrequire_certificate true\ntls_version tlsv1.2\n")
+    log = open(tmp_path / "mosquitto.log", "wb")
+    p = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert wait_port(port), "mosquitto (TLS) did not start: " + (tmp_path / "mosquitto.log").read_text()
+        yield types.SimpleNamespace(port=port, ca=ca.path, client=client, other_ca=other.path)
+    finally:
+        stop_process(p)
+        log.close()
+
+
+class MqttWatcher:
+    """A paho subscriber that collects (topic, payload, retain) on `topic`; `tls` (ca, cert,
+    key) and `auth` (user, password) for the TLS broker."""
+
+    def __init__(self, port, topic, tls=None, auth=None):
         import paho.mqtt.client as mqtt
         self.msgs = []
         self._c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        if tls:
+            self._c.tls_set(ca_certs=tls[0], certfile=tls[1], keyfile=tls[2])
+        if auth:
+            self._c.username_pw_set(*auth)
         self._c.on_message = lambda c, u, m: self.msgs.append((m.topic, m.payload.decode(), m.retain))
         ok = threading.Event()
         self._c.on_subscribe = lambda *a: ok.set()

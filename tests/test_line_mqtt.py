@@ -14,7 +14,8 @@ from edge.common.errors import EdgeError
 from edge.outputs import LineIO
 from edge.runtime.types import Decision
 
-from tests.line_servers import MqttWatcher, free_port, mosquitto, wait_until  # noqa: F401
+from tests.line_servers import (MQTT_USER, MqttWatcher, free_port, mosquitto, mosquitto_tls,  # noqa: F401
+                                wait_until)
 
 PREFIX = "plant/line3/box"
 
@@ -81,3 +82,64 @@ def test_unreachable_broker_is_an_error_naming_host_and_port():
     port = free_port()
     with pytest.raises(EdgeError, match=rf"line.outputs\[0\]: cannot reach the MQTT broker at 127.0.0.1:{port}"):
         LineIO(cfg(port)).start()
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+def tls_cfg(b, **over):
+    o = {"type": "mqtt", "host": "127.0.0.1", "port": b.port, "topic_prefix": PREFIX,
+         "username": MQTT_USER[0], "password_env": "TEST_MQTT_PASSWORD",
+         "tls": {"ca_file": b.ca, "cert_file": b.client[0], "key_file": b.client[1]}}
+    o.update(over)
+    return {"timing": {"delay_ms": 30, "pulse_ms": 5}, "heartbeat_ms": 50, "outputs": [o]}
+
+
+def test_tls_with_client_certificate_delivers_rejects(mosquitto_tls, monkeypatch):
+    b = mosquitto_tls
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", MQTT_USER[1])
+    w = MqttWatcher(b.port, PREFIX + "/verdict", tls=(b.ca, *b.client), auth=MQTT_USER)
+    io = LineIO(tls_cfg(b)).start()
+    t0 = time.monotonic()
+    io.expect(5, t0, part_id="P-5")
+    io.decide(Decision(5, t0, time.time(), 0.9, True, "score", part_id="P-5"))
+    assert wait_until(lambda: w.on(PREFIX + "/verdict"), 5)
+    stats = json.dumps(io.stats(), default=str)
+    io.close()
+    w.close()
+    v = json.loads(w.on(PREFIX + "/verdict")[0][0])
+    assert (v["seq"], v["verdict"], v["part_id"]) == (5, "NG", "P-5")
+    assert MQTT_USER[1] not in stats and MQTT_USER[1] not in repr(io.cfg)
+
+
+def test_tls_broker_signed_by_another_ca_is_refused(mosquitto_tls, monkeypatch):
+    b = mosquitto_tls
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", MQTT_USER[1])
+    bad = tls_cfg(b, tls={"ca_file": b.other_ca, "cert_file": b.client[0], "key_file": b.client[1]})
+    with pytest.raises(EdgeError) as e:
+        LineIO(bad).start()
+    msg = str(e.value)
+    assert msg.startswith(rf"line.outputs[0].tls: refused the MQTT broker at 127.0.0.1:{b.port}: its "
+                          f"certificate does not verify against {b.other_ca}")
+    assert "\n" not in msg and MQTT_USER[1] not in msg
+
+
+def test_tls_broker_certificate_for_another_name_is_refused(mosquitto_tls, monkeypatch):
+    b = mosquitto_tls                 # its certificate names 127.0.0.1, not localhost
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", MQTT_USER[1])
+    with pytest.raises(EdgeError, match=r"^line.outputs\[0\].tls: refused the MQTT broker at localhost:\d+: .*"
+                                        r"\(Hostname mismatch, certificate is not valid for 'localhost'\)$"):
+        LineIO(tls_cfg(b, host="localhost")).start()
+
+
+def test_tls_wrong_password_is_refused_without_echoing_it(mosquitto_tls, monkeypatch):
+    b = mosquitto_tls
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", "not-the-Pa55word")
+    with pytest.raises(EdgeError, match=r"did not accept the connection") as e:
+        LineIO(tls_cfg(b, timeout_ms=2000)).start()
+    assert "not-the-Pa55word" not in str(e.value)
+
+
+def test_plain_listener_is_not_taken_for_tls(mosquitto, tmp_path):
+    from tests.tls_certs import CA
+    ca = CA(tmp_path)
+    with pytest.raises(EdgeError, match=r"^line.outputs\[0\].tls: TLS with the MQTT broker at 127.0.0.1:\d+ failed"):
+        LineIO(cfg(mosquitto, tls={"ca_file": ca.path})).start()

@@ -1,7 +1,12 @@
 """Validation of the run YAML's `line:` section: every error names the key path at fault."""
 
+import logging
+
 from ..common.errors import EdgeError
 from ..common.validate import _bool, _choice, _known, _num, _str
+from .secrets import SUFFIXES, Secret, read_path, read_secret
+
+log = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("modbus", "opcua", "gpio", "mqtt", "serial", "memory")
 FAULT_KINDS = ("source", "engine", "queue")
@@ -31,6 +36,46 @@ def _line(d, key, where, required=False):
     return v
 
 
+PASSWORD_KEYS = {"password" + s for s in SUFFIXES}
+OPCUA_POLICIES = ("Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss")
+
+
+def _credentials(o, w, out, secure):
+    """username / password* of an output; warns (once) when a password would travel in the clear."""
+    was_secret = isinstance(o.get("password"), Secret)
+    out["username"] = _str(o, "username", w)
+    out["password"] = read_secret(o, "password", w)
+    if out["password"] is not None and not out["username"]:
+        raise EdgeError("a password needs a username", f"{w}.username")
+    if out["password"] is not None and not secure and not was_secret:
+        log.warning("%s: the password is sent without transport security (set %s); anyone on the "
+                    "plant network can read it", w, "tls" if out["type"] == "mqtt" else "security")
+
+
+def _mqtt_tls(t, w, base_dir):
+    if t is None:
+        return None
+    _known(t, {"ca_file", "cert_file", "key_file", "key_credential"}, w)
+    tls = {"ca_file": read_path(t, "ca", w, base_dir, required=True),
+           "cert_file": read_path(t, "cert", w, base_dir),
+           "key_file": read_path(t, "key", w, base_dir)}
+    if (tls["cert_file"] is None) != (tls["key_file"] is None):
+        raise EdgeError("a client certificate needs both cert_file and key_file (or key_credential)", w)
+    return tls
+
+
+def _opcua_security(sec, w, base_dir):
+    if sec is None:
+        return None
+    _known(sec, {"policy", "mode", "certificate_file", "private_key_file", "private_key_credential",
+                 "server_certificate_file"}, w)
+    return {"policy": _choice(sec, "policy", w, OPCUA_POLICIES, "Basic256Sha256"),
+            "mode": _choice(sec, "mode", w, ("Sign", "SignAndEncrypt"), "SignAndEncrypt"),
+            "certificate_file": read_path(sec, "certificate", w, base_dir, required=True),
+            "private_key_file": read_path(sec, "private_key", w, base_dir, required=True),
+            "server_certificate_file": read_path(sec, "server_certificate", w, base_dir, required=True)}
+
+
 def _modbus_conn(o, w):
     return {
         "host": _str(o, "host", w, required=True),
@@ -40,7 +85,7 @@ def _modbus_conn(o, w):
     }
 
 
-def _output(o, w):
+def _output(o, w, base_dir=None):
     if not isinstance(o, dict):
         raise EdgeError(f"must be a mapping with a 'type', got {o!r}", w)
     t = o.get("type")
@@ -55,13 +100,15 @@ def _output(o, w):
         out["coils"] = _bool(o, "coils", w, True)
         out["coil_base"] = _num(o, "coil_base", w, 0, 65536 - MODBUS_COILS, 0)
     elif t == "opcua":
-        _known(o, common | {"endpoint", "node_prefix", "timeout_ms"}, w)
+        _known(o, common | {"endpoint", "node_prefix", "timeout_ms", "security", "username"} | PASSWORD_KEYS, w)
         ep = _str(o, "endpoint", w, required=True)
         if not ep.startswith("opc.tcp://"):
             raise EdgeError(f"must start with opc.tcp://, got {ep!r}", f"{w}.endpoint")
         out["endpoint"] = ep
         out["node_prefix"] = _str(o, "node_prefix", w, default="ns=2;s=Inspector.")
         out["timeout_ms"] = _num(o, "timeout_ms", w, 100, 60000, 2000)
+        out["security"] = _opcua_security(o.get("security"), f"{w}.security", base_dir)
+        _credentials(o, w, out, out["security"] is not None)   # the token is encrypted in both modes
     elif t == "gpio":
         _known(o, common | {"backend", "chip", "mode", "active_low", "reject_line", "heartbeat_line",
                             "fault_line", "stop_line", "ready_line"}, w)
@@ -77,9 +124,10 @@ def _output(o, w):
             raise EdgeError(f"the same line is used twice: {used}", w)
     elif t == "mqtt":
         _known(o, common | {"host", "port", "topic_prefix", "qos", "client_id", "keepalive_s",
-                            "username", "password", "heartbeat", "timeout_ms"}, w)
+                            "username", "heartbeat", "timeout_ms", "tls"} | PASSWORD_KEYS, w)
         out["host"] = _str(o, "host", w, required=True)
-        out["port"] = _num(o, "port", w, 1, 65535, 1883)
+        out["tls"] = _mqtt_tls(o.get("tls"), f"{w}.tls", base_dir)
+        out["port"] = _num(o, "port", w, 1, 65535, 8883 if out["tls"] else 1883)
         prefix = _str(o, "topic_prefix", w, default="lineside/box")
         if not prefix or any(c in prefix for c in "#+") or prefix.endswith("/"):
             raise EdgeError(f"must be a topic without wildcards or a trailing '/', got {prefix!r}",
@@ -88,8 +136,7 @@ def _output(o, w):
         out["qos"] = _num(o, "qos", w, 0, 2, 1)
         out["client_id"] = _str(o, "client_id", w, default="")
         out["keepalive_s"] = _num(o, "keepalive_s", w, 1, 3600, 10)
-        out["username"] = _str(o, "username", w)
-        out["password"] = _str(o, "password", w)
+        _credentials(o, w, out, out["tls"] is not None)
         out["heartbeat"] = _bool(o, "heartbeat", w, True)
         out["timeout_ms"] = _num(o, "timeout_ms", w, 100, 60000, 3000)
     elif t == "serial":
@@ -127,8 +174,10 @@ def _encoder(e, w):
     return out
 
 
-def validate_line_config(cfg, where="line"):
-    """Check the `line:` section and return it normalised, with every default filled in."""
+def validate_line_config(cfg, where="line", base_dir=None):
+    """Check the `line:` section and return it normalised, with every default filled in.
+    Relative certificate and key paths are taken from `base_dir` (the config file's folder);
+    passwords become Secrets (edge/outputs/secrets.py)."""
     if cfg is None:
         cfg = {}
     _known(cfg, {"timing", "failsafe", "heartbeat_ms", "reconnect", "outputs"}, where)
@@ -172,7 +221,7 @@ def validate_line_config(cfg, where="line"):
     outs = cfg.get("outputs", [])
     if not isinstance(outs, list):
         raise EdgeError(f"must be a list of outputs, got {type(outs).__name__}", f"{where}.outputs")
-    outputs = [_output(o, f"{where}.outputs[{i}]") for i, o in enumerate(outs)]
+    outputs = [_output(o, f"{where}.outputs[{i}]", base_dir) for i, o in enumerate(outs)]
     names = [o["name"] for o in outputs]
     for i, n in enumerate(names):
         if n in names[:i]:

@@ -2,9 +2,14 @@
 
 Topics under `topic_prefix`: status (retained, QoS 1; the last will sets it offline),
 verdict and event (QoS `qos`), heartbeat (QoS 0, not retained). paho's own network thread
-reconnects with back-off and queues QoS>0 messages meanwhile."""
+reconnects with back-off and queues QoS>0 messages meanwhile.
+
+With `tls:` the broker must present a certificate that the configured CA signed and that names
+the configured host (hostname verification is always on); TLS 1.2 at least. The password, if
+any, is a Secret (secrets.py): revealed only to paho, never in a message."""
 
 import json
+import ssl
 import threading
 import time
 
@@ -44,8 +49,10 @@ class MqttOutput(Output):
         c = self.cfg
         cl = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=c["client_id"],
                          protocol=mqtt.MQTTv311)
+        if c["tls"]:
+            cl.tls_set_context(self._tls_context())
         if c["username"]:
-            cl.username_pw_set(c["username"], c["password"])
+            cl.username_pw_set(c["username"], c["password"].reveal() if c["password"] else None)
         cl.will_set(self.topics["status"], _status_payload("offline"), qos=1, retain=True)
         cl.reconnect_delay_set(max(1, int(self._reconnect["min_ms"] / 1000)),
                                max(1, int(self._reconnect["max_ms"] / 1000)))
@@ -55,6 +62,16 @@ class MqttOutput(Output):
         self._cl = cl
         try:
             cl.connect(c["host"], c["port"], keepalive=c["keepalive_s"])
+        except ssl.SSLCertVerificationError as e:
+            why = (e.verify_message or str(e)).rstrip(".")
+            raise EdgeError(f"refused the MQTT broker at {self.address}: its certificate does not verify "
+                            f"against {c['tls']['ca_file']} ({why})", f"{self.where}.tls") from None
+        except (ssl.SSLError, ConnectionResetError) as e:
+            if not c["tls"]:
+                raise EdgeError(f"cannot reach the MQTT broker at {self.address}: {e}", self.where) from None
+            raise EdgeError(f"TLS with the MQTT broker at {self.address} failed: "
+                            f"{getattr(e, 'reason', None) or e.strerror or e} (does it listen with TLS on this port?)",
+                            f"{self.where}.tls") from None
         except (OSError, ValueError) as e:
             raise EdgeError(f"cannot reach the MQTT broker at {self.address}: {e}", self.where) from None
         cl.loop_start()
@@ -62,6 +79,24 @@ class MqttOutput(Output):
             cl.loop_stop()
             raise EdgeError(f"the MQTT broker at {self.address} did not accept the connection"
                             f" ({getattr(self, '_refusal', 'no answer')})", self.where)
+
+    def _tls_context(self):
+        t, w = self.cfg["tls"], f"{self.where}.tls"
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)     # verifies the chain and the hostname
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_verify_locations(cafile=t["ca_file"])
+        except (ssl.SSLError, OSError) as e:
+            raise EdgeError(f"{t['ca_file']} is not a PEM CA certificate ({getattr(e, 'reason', None) or e})",
+                            f"{w}.ca_file") from None
+        if t["cert_file"]:
+            try:                                           # an encrypted key fails here, no prompt
+                ctx.load_cert_chain(t["cert_file"], t["key_file"], password=lambda: b"")
+            except (ssl.SSLError, OSError) as e:
+                raise EdgeError(f"cannot use client certificate {t['cert_file']} with key {t['key_file']}"
+                                f" ({getattr(e, 'reason', None) or e}; keys must be PEM and unencrypted)",
+                                f"{w}.cert_file") from None
+        return ctx
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:

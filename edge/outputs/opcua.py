@@ -1,7 +1,14 @@
 """OPC UA (asyncua's sync client): the Modbus map's information as variables on the PLC's
 OPC UA server, each node id = node_prefix + name (names in docs/line-io.md). The variables'
-data types are read once per connection and every write uses them."""
+data types are read once per connection and every write uses them.
 
+With `security:` the box signs (Sign) or signs and encrypts (SignAndEncrypt) with its own
+certificate and key, and trusts exactly one server certificate, the configured file: before
+each connection the server's certificate from its endpoint list is compared with it and a
+different one is refused; the secure channel itself is then built on the configured
+certificate, so a server without the matching private key cannot take part."""
+
+import hashlib
 import threading
 
 from ..common.errors import EdgeError
@@ -33,8 +40,15 @@ class OpcuaOutput(QueuedOutput):
         except ImportError as e:
             raise EdgeError(f"OPC UA needs asyncua: {e}", self.where) from None
         self._ua = ua
-        cl = Client(self.cfg["endpoint"], timeout=self.cfg["timeout_ms"] / 1000)
+        c = self.cfg
+        cl = Client(c["endpoint"], timeout=c["timeout_ms"] / 1000)
         try:
+            if c["security"]:
+                self._secure(cl, c["security"])
+            if c["username"]:
+                cl.set_user(c["username"])
+            if c["password"]:
+                cl.set_password(c["password"].reveal())
             cl.connect()
         except BaseException:
             cl.tloop.stop()
@@ -51,6 +65,34 @@ class OpcuaOutput(QueuedOutput):
                 raise EdgeError(f"the OPC UA server at {self.address} has no usable variable {nid}"
                                 f" ({type(e).__name__}: {e})", f"{self.where}.node_prefix") from None
             self.nodes[name] = node
+
+    def _secure(self, cl, sec):
+        from asyncua.crypto import security_policies as sp
+        w = f"{self.where}.security"
+        own = _load_cert(sec["certificate_file"], f"{w}.certificate_file")
+        _check_key(sec["private_key_file"], own, f"{w}.private_key_file")
+        trusted = _load_cert(sec["server_certificate_file"], f"{w}.server_certificate_file")
+        uris = _san_uris(own)
+        if uris:                       # servers check the application URI against the certificate
+            cl.application_uri = uris[0]
+        mode = getattr(self._ua.MessageSecurityMode, sec["mode"])
+        policy = getattr(sp, "SecurityPolicy" + sec["policy"])
+        offered = []
+        for ep in cl.connect_and_get_server_endpoints():
+            offered.append(f"{ep.SecurityPolicyUri.rsplit('#', 1)[-1]}/{ep.SecurityMode.name}")
+            if ep.SecurityPolicyUri == policy.URI and ep.SecurityMode == mode:
+                break
+        else:
+            raise EdgeError(f"the OPC UA server at {self.address} offers no {sec['policy']} {sec['mode']}"
+                            f" endpoint (it offers: {', '.join(offered) or 'none'})", w)
+        presented = _first_der(ep.ServerCertificate)
+        if presented != trusted:
+            raise EdgeError(f"refused the OPC UA server at {self.address}: it presents certificate "
+                            f"SHA-256 {_fp(presented)}, not the trusted one in "
+                            f"{sec['server_certificate_file']} (SHA-256 {_fp(trusted)})",
+                            f"{w}.server_certificate_file")
+        cl.set_security(policy, sec["certificate_file"], sec["private_key_file"],
+                        server_certificate=sec["server_certificate_file"], mode=mode)
 
     def _disconnect(self):
         if self._client is not None:
@@ -102,3 +144,61 @@ class OpcuaOutput(QueuedOutput):
     def status(self, s):
         self._set(Ready=s["ready"], Fault=s["fault"], FaultCode=FAULT_CODES.get(s["fault_kind"], 9),
                   StopLine=s["stop_line"], RejectAll=s["reject_all"])
+
+
+# --- certificates (cryptography comes with asyncua) ------------------------------------------
+def _load_cert(path, where):
+    """The DER bytes of the certificate in `path` (PEM or DER)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
+                else x509.load_der_x509_certificate(data))
+    except ValueError as e:
+        raise EdgeError(f"{path} is not an X.509 certificate (PEM or DER): {e}", where) from None
+    return cert.public_bytes(Encoding.DER)
+
+
+def _check_key(path, cert_der, where):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization as ser
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        key = (ser.load_pem_private_key(data, None) if b"-----BEGIN" in data
+               else ser.load_der_private_key(data, None))
+    except (ValueError, TypeError) as e:     # TypeError: the key is encrypted
+        raise EdgeError(f"{path} is not an unencrypted private key (PEM or DER): {e}", where) from None
+    pub = x509.load_der_x509_certificate(cert_der).public_key()
+    fmt = (ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*fmt) != pub.public_bytes(*fmt):
+        raise EdgeError(f"{path} is not the private key of the box's certificate", where)
+
+
+def _san_uris(cert_der):
+    from cryptography import x509
+    try:
+        san = x509.load_der_x509_certificate(cert_der).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return san.value.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def _first_der(blob):
+    """The first certificate of a DER chain (servers may send several back to back)."""
+    blob = bytes(blob or b"")
+    if len(blob) < 2 or blob[0] != 0x30:
+        return blob
+    n = blob[1]
+    if n < 0x80:
+        return blob[:2 + n]
+    k = n & 0x7F
+    return blob[:2 + k + int.from_bytes(blob[2:2 + k], "big")]
+
+
+def _fp(der):
+    h = hashlib.sha256(der).hexdigest()
+    return ":".join(h[i:i + 2] for i in range(0, 16, 2)) + "..."

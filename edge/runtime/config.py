@@ -98,7 +98,7 @@ def validate(cfg, base_dir="."):
                       "format": _choice(rec, "format", "records", ("png", "jpg"), "jpg")}
     if cfg.get("line") is not None:
         from ..outputs import validate_line_config
-        out["line"] = validate_line_config(cfg["line"], "line")
+        out["line"] = validate_line_config(cfg["line"], "line", base_dir)
     else:
         out["line"] = None
     view = cfg.get("view")
