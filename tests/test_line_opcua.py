@@ -56,11 +56,34 @@ def secure_cfg(plc, tmp_path, mode="SignAndEncrypt", trusted="server"):
                          "private_key_file": pki["box"][1], "server_certificate_file": pki[trusted][0]})
 
 
+def as_systemd_credentials(c, tmp_path, monkeypatch):
+    """The same configuration with the key and the password as systemd credentials (files
+    without an extension) and the server certificate in DER as a .crt file."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    o = c["outputs"][0]
+    sec = o["security"]
+    (creds / "opcua-key").write_bytes(open(sec.pop("private_key_file"), "rb").read())
+    (creds / "opcua-password").write_text(OPCUA_USER[1])
+    der = x509.load_pem_x509_certificate(open(sec["server_certificate_file"], "rb").read()).public_bytes(Encoding.DER)
+    (tmp_path / "plc.crt").write_bytes(der)
+    sec.update(private_key_credential="opcua-key", server_certificate_file=str(tmp_path / "plc.crt"))
+    del o["password_file"]
+    o["password_credential"] = "opcua-password"
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    return c
+
+
 @pytest.mark.parametrize("mode", ["Sign", "SignAndEncrypt"])
-def test_secure_channel_delivers_rejects(opcua_secure_plc, tmp_path, mode):
+def test_secure_channel_delivers_rejects(opcua_secure_plc, tmp_path, mode, monkeypatch):
     n = opcua_secure_plc.test_nodes
     seq = 21 if mode == "Sign" else 22                  # the server is shared by both runs
-    io = LineIO(secure_cfg(opcua_secure_plc, tmp_path, mode)).start()
+    c = secure_cfg(opcua_secure_plc, tmp_path, mode)
+    if mode == "SignAndEncrypt":
+        c = as_systemd_credentials(c, tmp_path, monkeypatch)
+    io = LineIO(c).start()
     try:
         t0 = time.monotonic()
         io.expect(seq, t0, part_id=f"S-{seq}")

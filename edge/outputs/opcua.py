@@ -70,7 +70,7 @@ class OpcuaOutput(QueuedOutput):
         from asyncua.crypto import security_policies as sp
         w = f"{self.where}.security"
         own = _load_cert(sec["certificate_file"], f"{w}.certificate_file")
-        _check_key(sec["private_key_file"], own, f"{w}.private_key_file")
+        key = _load_key(sec["private_key_file"], own, f"{w}.private_key_file")
         trusted = _load_cert(sec["server_certificate_file"], f"{w}.server_certificate_file")
         uris = _san_uris(own)
         if uris:                       # servers check the application URI against the certificate
@@ -91,8 +91,9 @@ class OpcuaOutput(QueuedOutput):
                             f"SHA-256 {_fp(presented)}, not the trusted one in "
                             f"{sec['server_certificate_file']} (SHA-256 {_fp(trusted)})",
                             f"{w}.server_certificate_file")
-        cl.set_security(policy, sec["certificate_file"], sec["private_key_file"],
-                        server_certificate=sec["server_certificate_file"], mode=mode)
+        # DER bytes, not paths: asyncua guesses PEM or DER from a file's extension, and a
+        # systemd credential or a .crt file has none it knows
+        cl.set_security(policy, own, key, server_certificate=trusted, mode=mode)
 
     def _disconnect(self):
         if self._client is not None:
@@ -161,7 +162,9 @@ def _load_cert(path, where):
     return cert.public_bytes(Encoding.DER)
 
 
-def _check_key(path, cert_der, where):
+def _load_key(path, cert_der, where):
+    """The private key in `path` (PEM or DER, unencrypted) as DER bytes, checked against the
+    certificate."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization as ser
     with open(path, "rb") as f:
@@ -175,6 +178,7 @@ def _check_key(path, cert_der, where):
     fmt = (ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
     if key.public_key().public_bytes(*fmt) != pub.public_bytes(*fmt):
         raise EdgeError(f"{path} is not the private key of the box's certificate", where)
+    return key.private_bytes(ser.Encoding.DER, ser.PrivateFormat.PKCS8, ser.NoEncryption())
 
 
 def _san_uris(cert_der):
