@@ -81,7 +81,7 @@ def test_secret_errors_name_the_key_and_never_the_value(tmp_path, monkeypatch):
 
 
 def test_relative_files_are_taken_from_the_config_folder_and_the_records_hold_no_password(tmp_path, monkeypatch):
-    from edge.records import RecordStore
+    from edge.records.store import RecordStore
     (tmp_path / "pki").mkdir()
     (tmp_path / "pki" / "ca.pem").write_text("x")
     monkeypatch.setenv("LINESIDE_PW", PW)
