@@ -169,6 +169,7 @@ def opcua_secure_plc(tmp_path_factory):
     unsecured one), the server's own certificate, and a user name + password (OPCUA_USER).
     `pki` holds: server (cert, key), box (cert, key) and other (a certificate of another server)."""
     pytest.importorskip("asyncua", reason="asyncua is not installed")
+    pytest.importorskip("cryptography", reason="cryptography is not installed")
     from tests.tls_certs import opcua_app_cert
     d = tmp_path_factory.mktemp("opcua-pki")
     pki = {"server": opcua_app_cert(d, "plc", "urn:freeopcua:python:server"),
@@ -251,6 +252,7 @@ def mosquitto_tls(tmp_path):
     if not exe or not pw_tool:
         pytest.skip("mosquitto is not installed (Debian package mosquitto)")
     pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed")
+    pytest.importorskip("cryptography", reason="cryptography is not installed")
     ca, other = CA(tmp_path, "plant CA"), CA(tmp_path, "other CA")
     server = ca.issue("broker", "broker", ips=("127.0.0.1",))
     client = ca.issue("box", "box-7", client=True)
