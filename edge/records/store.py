@@ -50,6 +50,7 @@ import os
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 
 from ..common.errors import EdgeError
 from ..common.fsutil import atomic_write_bytes, json_default, sha256_file
@@ -265,14 +266,13 @@ class RecordStore:
             self._clean_images({rid for rid, _ in unfinished})
         # runs are closed after their files are cleaned: a crash in between redoes the cleaning
         if unfinished:
-            conn.execute("BEGIN IMMEDIATE")
-            for rid, started in unfinished:
-                last = conn.execute("SELECT max(wall) FROM records WHERE run_id=?", (rid,)).fetchone()[0]
-                conn.execute("UPDATE runs SET ended=?, summary=? WHERE id=?",
-                             (last or started, _json({"aborted": True}), rid))
-                conn.execute("INSERT INTO events(run_id, t, kind, detail) VALUES (?,?,?,?)",
-                             (rid, now, "run_aborted", _json({"run_id": rid, "last_record_wall": last})))
-            conn.execute("COMMIT")
+            with self._transaction() as conn:
+                for rid, started in unfinished:
+                    last = conn.execute("SELECT max(wall) FROM records WHERE run_id=?", (rid,)).fetchone()[0]
+                    conn.execute("UPDATE runs SET ended=?, summary=? WHERE id=?",
+                                 (last or started, _json({"aborted": True}), rid))
+                    conn.execute("INSERT INTO events(run_id, t, kind, detail) VALUES (?,?,?,?)",
+                                 (rid, now, "run_aborted", _json({"run_id": rid, "last_record_wall": last})))
 
     def _clean_images(self, crashed):
         conn = self._conn
@@ -312,13 +312,15 @@ class RecordStore:
                 engine = eng
         sha = bundle_sha or bundle_sha256(bundle_path)
         with self._lock:
-            cur = self._exec_commit(
-                "INSERT INTO runs(started, bundle, bundle_sha256, engine, config) VALUES (?,?,?,?,?)",
-                (now, os.path.abspath(bundle_path) if bundle_path else None, sha, engine, _json(config or {})))
-            self.run_id = cur.lastrowid
+            with self._transaction("cannot write") as conn:
+                run_id = conn.execute(
+                    "INSERT INTO runs(started, bundle, bundle_sha256, engine, config) VALUES (?,?,?,?,?)",
+                    (now, os.path.abspath(bundle_path) if bundle_path else None, sha, engine, _json(config or {}))
+                ).lastrowid
+                conn.execute("INSERT INTO events(run_id, t, kind, detail) VALUES (?,?,?,?)",
+                             (run_id, now, "run_start", _json({"bundle": bundle_path, "bundle_sha256": sha})))
+            self.run_id = run_id
             self._run_engine = engine
-            self._exec_commit("INSERT INTO events(run_id, t, kind, detail) VALUES (?,?,?,?)",
-                              (self.run_id, now, "run_start", _json({"bundle": bundle_path, "bundle_sha256": sha})))
         return self.run_id
 
     def end_run(self, summary):
@@ -329,15 +331,10 @@ class RecordStore:
         self.flush()
         now = time.time()
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute("UPDATE runs SET ended=?, summary=? WHERE id=?", (now, _json(summary or {}), self.run_id))
-                self._conn.execute("INSERT INTO events(run_id, t, kind, detail) VALUES (?,?,?,?)",
-                                   (self.run_id, now, "run_end", _json(summary or {})))
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise self._error("cannot end the run", exc)
+            with self._transaction("cannot end the run") as conn:
+                conn.execute("UPDATE runs SET ended=?, summary=? WHERE id=?", (now, _json(summary or {}), self.run_id))
+                conn.execute("INSERT INTO events(run_id, t, kind, detail) VALUES (?,?,?,?)",
+                             (self.run_id, now, "run_end", _json(summary or {})))
             self.run_id = None
 
     def event(self, kind, detail=None, t=None):
@@ -401,39 +398,39 @@ class RecordStore:
         self._pending_since = None
         if not rows and extra_event is None:
             return
-        conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            if rows:
-                conn.executemany("INSERT INTO records(run_id, seq, wall, latency_ms, score, reject, reason, "
-                                 "defect_area, threshold, part_id, encoder, engine, image_path, pruned, extra) "
-                                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-            if extra_event is not None:
-                conn.execute("INSERT INTO events(run_id, t, kind, detail) VALUES (?,?,?,?)", extra_event)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
+            with self._transaction("cannot commit records") as conn:
+                if rows:
+                    conn.executemany("INSERT INTO records(run_id, seq, wall, latency_ms, score, reject, reason, "
+                                     "defect_area, threshold, part_id, encoder, engine, image_path, pruned, extra) "
+                                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                if extra_event is not None:
+                    conn.execute("INSERT INTO events(run_id, t, kind, detail) VALUES (?,?,?,?)", extra_event)
+        except EdgeError:
             self._pending = rows + self._pending   # keep them for the next try
-            raise self._error("cannot commit records", exc)
+            raise
         self.stats["committed"] += len(rows)
         self.stats["commits"] += 1
 
-    def _exec_commit(self, sql, args):
+    @contextmanager
+    def _transaction(self, what=None):
+        """BEGIN IMMEDIATE ... COMMIT around the block, which gets the connection; ROLLBACK
+        when anything in it fails. A database error is raised as EdgeError("<what>: ...")
+        naming the file, or as it is when `what` is None (while opening)."""
+        conn = self._conn
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            cur = self._conn.execute(sql, args)
-            self._conn.execute("COMMIT")
-            return cur
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise self._error("cannot write", exc)
-
-    def _rollback(self):
-        try:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if what is not None and isinstance(exc, sqlite3.Error):
+                raise self._error(what, exc) from None
+            raise
 
     def _error(self, what, exc):
         return EdgeError(f"{what}: {exc}", self.db_path)
@@ -497,13 +494,8 @@ class RecordStore:
         rels = [(os.path.relpath(p, self.images_dir),) for p, _ in files]
         with self._lock:
             self._commit_pending()           # a queued row may refer to one of these files
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany("UPDATE records SET image_path=NULL, pruned=1 WHERE image_path=?", rels)
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise self._error("cannot mark pruned images", exc)
+            with self._transaction("cannot mark pruned images") as conn:
+                conn.executemany("UPDATE records SET image_path=NULL, pruned=1 WHERE image_path=?", rels)
         for path, size in files:
             unlink(path)
             with self._lock:
