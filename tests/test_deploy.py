@@ -318,13 +318,16 @@ def server():
     t.join(5)
 
 
-def make_db(path, walls, table="records"):
-    con = sqlite3.connect(path)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, seq INTEGER, wall REAL NOT NULL, score REAL)")
-    con.executemany(f"INSERT INTO {table} (seq, wall, score) VALUES (?, ?, 0.5)", enumerate(walls))
-    con.commit()
-    con.close()
+def make_db(path, walls):
+    """A records DB written by the record store, one decision per capture wall time."""
+    from edge.records.store import RecordStore
+    from edge.runtime.types import Decision
+
+    with RecordStore(path) as store:
+        store.start_run(None, {})
+        for seq, wall in enumerate(walls):
+            store.add(Decision(seq, 0.0, wall, 0.5, False, "ok"))
+        store.end_run({})
     return path
 
 
@@ -364,8 +367,8 @@ def test_check_direct_failures(srcs, tmp_path):
     assert not res["service"]["ok"] and not res["records"]["ok"] and res["disk"]["ok"]
     res = by_check(health.run_checks(str(tmp_path / "nowhere"), engine="none"))
     assert not res["bundle"]["ok"] and "engine" not in res
-    # No decisions yet: fine without --max-age, a failure with it; the older table name works.
-    empty = make_db(str(tmp_path / "empty.db"), [], table="decisions")
+    # No decisions yet: fine without --max-age, a failure with it.
+    empty = make_db(str(tmp_path / "empty.db"), [])
     assert health.check_records(empty).endswith("no decisions yet")
     with pytest.raises(health.CheckFailed, match="no decision"):
         health.check_records(empty, max_age=10)
@@ -384,6 +387,30 @@ def test_check_records_is_read_only(tmp_path):
         assert health.last_decision_wall(db) == 100.0
     finally:
         os.chmod(db, 0o644)
+
+
+def test_check_records_beside_the_writer(tmp_path):
+    """The running service holds the store open for writing; the check reads alongside, and a
+    file that is not a record store (a lone `decisions` table, say) is refused."""
+    from edge.records.store import RecordStore
+    from edge.runtime.types import Decision
+
+    db = str(tmp_path / "live.db")
+    with RecordStore(db) as store:
+        store.start_run(None, {})
+        store.add(Decision(0, 0.0, time.time() - 2, 0.5, False, "ok"))
+        store.flush()
+        assert health.check_records(db, max_age=60).startswith("last decision")
+        with pytest.raises(health.CheckFailed, match="more than --max-age"):
+            health.check_records(db, max_age=0.5)
+    other = str(tmp_path / "decisions.db")
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE decisions (id INTEGER PRIMARY KEY, wall REAL)")
+    con.execute("INSERT INTO decisions (wall) VALUES (?)", (time.time(),))
+    con.commit()
+    con.close()
+    with pytest.raises(health.CheckFailed, match="not a records database"):
+        health.check_records(other)
 
 
 def test_check_from_run_config(srcs, root, server, tmp_path, capsys):

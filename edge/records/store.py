@@ -546,6 +546,14 @@ class RecordStore:
                 out["run"] = {"id": rid, "records": r[0], "rejects": r[1], "images": r[2], "pruned": r[3]}
         return out
 
+    def last_decision_wall(self):
+        """Capture wall time (seconds since the epoch) of the newest decision, or None when
+        there is none yet (`edge check --max-age` asks this of a read-only store)."""
+        self.flush()
+        with self._lock:
+            wall = self._conn.execute("SELECT max(wall) FROM records").fetchone()[0]
+        return None if wall is None else float(wall)
+
     def events(self, n=50, kind=None):
         """The last n events, newest first, as dicts with detail decoded."""
         sql = "SELECT id, run_id, t, kind, detail FROM events"

@@ -12,8 +12,8 @@ Checks:
            version, precision and batch is present and intact (not deserialised: the running
            service holds the GPU; `edge build` makes the plan)
   service  --url answers 200 (the live view's /healthz is 503 while the pipeline is faulted)
-  records  --records: the records DB's decisions are readable (read-only) and, with --max-age, its last
-           decision is at most that many seconds old
+  records  --records: the record store opens read-only and, with --max-age, its last decision
+           is at most that many seconds old
   disk     free space on the bundle's and the records' file systems is above --min-free-mb
 
 --config reads bundle, engine, records.db and view (-> --url) from the run configuration;
@@ -23,7 +23,6 @@ options given on the command line win.
 import json
 import os
 import shutil
-import sqlite3
 import time
 import urllib.error
 import urllib.parse
@@ -102,24 +101,14 @@ def check_url(url, timeout=HTTP_TIMEOUT_S):
         raise CheckFailed(f"{url}: no answer ({reason})") from None
 
 
-DECISION_TABLES = ("records", "decisions")   # edge/records/store.py's table; an older name
-
-
 def last_decision_wall(db_path):
     """Wall time (seconds since the epoch) of the newest decision in the records DB, or None
-    when there is none. Read-only; the one place that knows the records schema (edge/records/store.py:
-    table `records`, capture time in `wall`, indexed)."""
-    uri = "file:" + urllib.parse.quote(os.path.abspath(db_path)) + "?mode=ro"
-    con = sqlite3.connect(uri, uri=True, timeout=2.0)
-    try:
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        table = next((t for t in DECISION_TABLES if t in tables), None)
-        if table is None:
-            raise sqlite3.OperationalError(f"no decisions table ({' or '.join(DECISION_TABLES)})")
-        row = con.execute(f"SELECT MAX(wall) FROM {table}").fetchone()
-    finally:
-        con.close()
-    return None if row is None or row[0] is None else float(row[0])
+    when there is none; asked of the record store, opened read-only (EdgeError when the file
+    is not a records database)."""
+    from ..records.store import RecordStore
+
+    with RecordStore(db_path, readonly=True) as store:
+        return store.last_decision_wall()
 
 
 def check_records(db_path, max_age=None, now=None):
@@ -127,8 +116,8 @@ def check_records(db_path, max_age=None, now=None):
         raise CheckFailed(f"records DB not found: {db_path}")
     try:
         wall = last_decision_wall(db_path)
-    except sqlite3.Error as exc:
-        raise CheckFailed(f"records DB {db_path} unreadable: {exc}") from None
+    except EdgeError as exc:
+        raise CheckFailed(f"records DB unreadable: {exc}") from None
     if wall is None:
         if max_age is not None:
             raise CheckFailed(f"no decision recorded in {db_path}")
