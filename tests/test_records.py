@@ -37,6 +37,33 @@ def image_files(folder):
     return sorted(out)
 
 
+def test_failed_commit_rolls_back_and_keeps_the_rows(tmp_path):
+    """A write the database refuses (another process holds the write lock) rolls back, leaves
+    no transaction open, names the file, and keeps the queued rows for the next commit."""
+    db = str(tmp_path / "busy.db")
+    with RecordStore(db, batch_rows=1000, batch_s=60, busy_timeout_s=0.05) as store:
+        store.start_run(None, {})
+        for seq in range(3):
+            store.add(dec(seq))
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")                   # a second writer, outside the store
+        try:
+            with pytest.raises(EdgeError, match="busy.db: cannot commit records: database is locked"):
+                store.flush()
+            with pytest.raises(EdgeError, match="busy.db: cannot commit records"):
+                store.end_run({})                           # which flushes first
+            assert not store._conn.in_transaction and store.run_id is not None
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        store.flush()
+        assert store.counts()["records"] == 3
+        store.end_run({"frames": 3})
+    with RecordStore(db, readonly=True) as ro:
+        assert ro.counts()["records"] == 3 and ro.counts()["runs"] == 1
+        assert [e["kind"] for e in ro.events()] == ["run_end", "run_start"]
+
+
 def test_wal_rows_images_events_runs(tmp_path):
     db = tmp_path / "rec" / "records.db"
     with RecordStore(str(db), str(tmp_path / "img"), save="flagged", image_format="png", batch_rows=1000, batch_s=1000) as store:
