@@ -5,36 +5,20 @@ import os
 import re
 import time
 
-import numpy as np
-
 TMP_RE = re.compile(r"^\..+\.tmp$")          # fsutil.atomic_write_bytes' temporary names
 NAME_RE = re.compile(r"^\d{6}\.\d{3}_r(\d+)_s(-?\d+)\.(png|jpg)$")
 DAY_RE = re.compile(r"^\d{2,4}$")
 
 
 def encode_image(decision, image_rgb, amap, threshold, ext, jpeg_quality=90):
-    """The frame with its heat-map overlay and a caption, encoded as PNG or JPEG bytes."""
-    import cv2
+    """The frame with its heat-map overlay and a caption, encoded as PNG or JPEG bytes, at the
+    map's resolution (what the model saw)."""
+    from ..view.overlay import encode_verdict
 
-    from ..view.overlay import heat_overlay, label
-    img = np.ascontiguousarray(image_rgb)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if amap is not None:
-        amap = np.asarray(amap, np.float32).reshape(amap.shape[-2:])
-        thr = float(threshold) if threshold is not None else float(np.max(amap)) or 1.0
-        img = heat_overlay(img, amap, thr)
     text = f"#{decision.seq} {decision.reason} score {decision.score:.4g}"
     if decision.part_id:
         text += f" part {decision.part_id}"
-    img = label(img, text, decision.reject)
-    if ext == ".png":
-        ok, buf = cv2.imencode(".png", img[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    else:
-        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-    if not ok:
-        raise RuntimeError("encoder failed")
-    return buf.tobytes()
+    return encode_verdict(image_rgb, amap, threshold, text, decision.reject, ext, jpeg_quality, at="map")
 
 
 def image_name(decision, run_id, ext):

@@ -42,10 +42,43 @@ def grid(tiles, cols=6, pad=2):
     return out
 
 
+def verdict_image(image_rgb, amap, threshold, caption, reject, max_width=None, at="image"):
+    """A decided frame as the engineer sees it (live view, saved records): the RGB (or grey)
+    image with the map (any shape whose last two axes are H x W) overlaid (threshold None: the
+    map's maximum) and a caption bar. at="image": the map is resized to the image, scaled
+    down first to `max_width` when wider; at="map": the image is resized to the map."""
+    img = np.asarray(image_rgb)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if max_width and img.shape[1] > max_width:          # the camera's detail, up to max_width
+        h = max(1, int(round(img.shape[0] * max_width / img.shape[1])))
+        img = cv2.resize(img, (max_width, h), interpolation=cv2.INTER_AREA)
+    if amap is not None:
+        amap = np.asarray(amap, np.float32)
+        amap = amap.reshape(amap.shape[-2:])
+        thr = float(threshold) if threshold is not None else (float(amap.max()) or 1.0)
+        if at == "image" and amap.shape != img.shape[:2]:
+            amap = cv2.resize(amap, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+        img = heat_overlay(np.ascontiguousarray(img), amap, thr)
+    return label(np.ascontiguousarray(img), caption, reject)
+
+
+def encode(image_rgb, ext=".jpg", jpeg_quality=90):
+    """RGB uint8 image -> PNG (fast compression) or JPEG bytes; `ext` is ".png" or ".jpg"."""
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1] if ext == ".png" else [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(image_rgb[..., ::-1]), params)
+    if not ok:
+        raise RuntimeError(f"{ext} encoding failed")
+    return buf.tobytes()
+
+
+def encode_verdict(image_rgb, amap, threshold, caption, reject, ext=".jpg", jpeg_quality=90, max_width=None,
+                   at="image"):
+    """verdict_image() encoded: the one path from a decided frame to image bytes."""
+    return encode(verdict_image(image_rgb, amap, threshold, caption, reject, max_width, at), ext, jpeg_quality)
+
+
 def write_png(path, image_rgb):
     """Encode then write atomically."""
     from ..common.fsutil import atomic_write_bytes
-    ok, buf = cv2.imencode(".png", image_rgb[..., ::-1])
-    if not ok:
-        raise RuntimeError(f"cannot encode {path}")
-    atomic_write_bytes(path, buf.tobytes())
+    atomic_write_bytes(path, encode(image_rgb, ".png"))

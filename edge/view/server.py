@@ -185,37 +185,21 @@ class LiveView:
             return self._jpeg
 
     def _encode(self, image_rgb, amap, decision, threshold):
-        import cv2
+        from .overlay import encode_verdict
 
-        from .overlay import heat_overlay, label
-
-        img = np.asarray(image_rgb)
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=2)
-        if img.shape[1] > self.max_width:          # shown at the camera's detail, up to max_width
-            h = max(1, int(round(img.shape[0] * self.max_width / img.shape[1])))
-            img = cv2.resize(img, (self.max_width, h), interpolation=cv2.INTER_AREA)
-        if amap is not None:
-            amap = np.asarray(amap, np.float32)
-            amap = amap.reshape(amap.shape[-2:])
-            thr = float(threshold) if threshold is not None else (float(amap.max()) or 1.0)
-            if amap.shape != img.shape[:2]:
-                amap = cv2.resize(amap, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
-            img = heat_overlay(np.ascontiguousarray(img), amap, thr)
         text = f"#{decision.seq} {'REJECT' if decision.reject else 'OK'} ({decision.reason}) score {decision.score:.4g}"
-        img = label(np.ascontiguousarray(img), text, decision.reject)
-        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        return buf.tobytes()
+        return encode_verdict(image_rgb, amap, threshold, text, decision.reject, ".jpg", self.jpeg_quality,
+                              max_width=self.max_width)
 
 
 def _placeholder(quality):
     import cv2
 
+    from .overlay import encode
+
     img = np.full((240, 320, 3), 60, np.uint8)
     cv2.putText(img, "waiting for frames", (50, 125), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (220, 220, 220), 1, cv2.LINE_AA)
-    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+    return encode(img, ".jpg", quality)
 
 
 
