@@ -6,7 +6,7 @@
     view.close()
 
 URLs (no external JS or CSS: plants are offline):
-  /             one HTML page: the latest frame with its heat-map overlay (MJPEG) and a status
+  /             one HTML page (page.html beside this module, package data): the latest frame with its heat-map overlay (MJPEG) and a status
                 panel that polls /status.json every second
   /?mode=snapshot  the same page with a still a second (/snapshot.jpg) instead of the stream:
                 for slow links, and for headless browsers (an endless stream keeps their
@@ -31,10 +31,13 @@ pipeline hands over each frame's own arrays, so this holds).
 """
 
 import collections
+import functools
 import json
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 
 import numpy as np
 
@@ -42,6 +45,7 @@ from ..common.errors import EdgeError
 from ..common.fsutil import json_default
 
 BOUNDARY = "edgeframe"
+PAGE_FILE = "page.html"
 
 
 class LiveView:
@@ -73,6 +77,7 @@ class LiveView:
     # ---------------------------------------------------------------- the pipeline's side
 
     def start(self):
+        page()                          # a package without its page fails here, not at a request
         try:
             server = ThreadingHTTPServer((self.host, self.port), _Handler)
         except OSError as exc:
@@ -191,6 +196,42 @@ class LiveView:
         return encode_verdict(image_rgb, amap, threshold, text, decision.reject, ".jpg", self.jpeg_quality,
                               max_width=self.max_width)
 
+    # ---------------------------------------------------------------- what the HTTP handler asks
+
+    @contextmanager
+    def stream_slot(self):
+        """One viewer's place among at most `max_streams`: yields True when there was one free
+        (held until the block ends), False when all are taken."""
+        with self._lock:
+            free = self._streams < self.max_streams
+            if free:
+                self._streams += 1
+        try:
+            yield free
+        finally:
+            if free:
+                with self._lock:
+                    self._streams -= 1
+
+    def frames(self):
+        """JPEG frames for one stream: each new frame once, at most `max_fps` a second (shared
+        with the other viewers through jpeg()), until the view closes."""
+        sent, last_t = -1, 0.0
+        period = 1.0 / self.max_fps if self.max_fps > 0 else 0.0
+        while not self._closing.is_set():
+            if self.wait_frame(sent if sent > 0 else 0, 1.0) <= sent:
+                continue                                  # nothing new yet
+            gap = period - (time.monotonic() - last_t)
+            if gap > 0 and self._closing.wait(gap):       # the rate cap
+                return
+            version, data = self.jpeg()
+            if version == sent:   # within another viewer's cap: wait for the next encoding slot
+                if self._closing.wait(max(0.005, period - (time.monotonic() - self._last_encode))):
+                    return
+                continue
+            sent, last_t = version, time.monotonic()
+            yield data
+
 
 def _placeholder(quality):
     import cv2
@@ -202,6 +243,13 @@ def _placeholder(quality):
     return encode(img, ".jpg", quality)
 
 
+@functools.lru_cache(maxsize=None)
+def page():
+    """The live page (edge/view/page.html, package data), as bytes."""
+    try:
+        return resources.files(__package__).joinpath(PAGE_FILE).read_bytes()
+    except OSError as exc:
+        raise EdgeError(f"live page missing from the installed package ({exc.strerror})", PAGE_FILE) from None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -228,7 +276,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         try:
             if path in ("/", "/index.html"):
-                self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
+                self._send(200, page(), "text/html; charset=utf-8")
             elif path == "/status.json":
                 self._send(200, view.status_json(), "application/json")
             elif path == "/healthz":
@@ -245,16 +293,10 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _stream(self, view):
-        with view._lock:
-            if view._streams >= view.max_streams:
-                busy = True
-            else:
-                busy = False
-                view._streams += 1
-        if busy:
-            self._send(503, b"too many live streams\n", "text/plain")
-            return
-        try:
+        with view.stream_slot() as free:
+            if not free:
+                self._send(503, b"too many live streams\n", "text/plain")
+                return
             self.close_connection = True
             self.send_response(200)
             self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
@@ -263,143 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if self.command == "HEAD":
                 return
-            sent, last_t = -1, 0.0
-            period = 1.0 / view.max_fps if view.max_fps > 0 else 0.0
-            while not view._closing.is_set():
-                if view.wait_frame(sent if sent > 0 else 0, 1.0) <= sent:
-                    continue                                  # nothing new yet
-                gap = period - (time.monotonic() - last_t)
-                if gap > 0 and view._closing.wait(gap):       # the rate cap
-                    break
-                version, data = view.jpeg()
-                if version == sent:   # within another viewer's cap: wait for the next encoding slot
-                    if view._closing.wait(max(0.005, period - (time.monotonic() - view._last_encode))):
-                        break
-                    continue
-                sent, last_t = version, time.monotonic()
+            for data in view.frames():
                 self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"
                                  .encode("ascii") + data + b"\r\n")
                 self.wfile.flush()
-        finally:
-            with view._lock:
-                view._streams -= 1
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Line inspection - live</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
- body { margin: 0; font: 14px/1.4 system-ui, sans-serif; background: #1d1f21; color: #e8e8e8; }
- header { padding: 8px 14px; background: #2b2e31; display: flex; align-items: center; gap: 14px; }
- header h1 { font-size: 16px; margin: 0; font-weight: 600; }
- #health { padding: 2px 10px; border-radius: 10px; font-weight: 600; background: #666; }
- #health.ok { background: #1f7a35; } #health.bad { background: #b3261e; }
- main { display: flex; flex-wrap: wrap; gap: 14px; padding: 14px; }
- #frame { flex: 1 1 560px; min-width: 320px; }
- #frame img { width: 100%; image-rendering: pixelated; background: #000; border-radius: 4px; }
- #panel { flex: 0 1 380px; }
- table { border-collapse: collapse; width: 100%; margin-bottom: 12px; }
- td, th { padding: 3px 6px; border-bottom: 1px solid #3a3d40; text-align: left; }
- td.n { text-align: right; font-variant-numeric: tabular-nums; }
- .big { font-size: 22px; font-weight: 600; }
- .rej { color: #ff6b5e; font-weight: 600; } .ok { color: #7bd88f; }
- .dot { display: inline-block; width: 10px; height: 10px; border-radius: 5px; background: #888; margin-right: 6px; }
- .dot.ok { background: #3ecf5c; } .dot.bad { background: #ff4d40; }
- #err { color: #ffb74d; min-height: 1.4em; }
-</style></head>
-<body>
-<header><h1>Line inspection</h1><span id="health">...</span><span id="err"></span></header>
-<main>
- <section id="frame"><img id="live" alt="latest frame with heat-map overlay"></section>
- <section id="panel">
-  <table id="figures">
-   <tr><th>fps</th><td class="n big" id="fps">-</td></tr>
-   <tr><th>latency p50 / p95 (ms)</th><td class="n"><span id="lat_p50">-</span> / <span id="lat_p95">-</span></td></tr>
-   <tr><th>frames</th><td class="n" id="frames">-</td></tr>
-   <tr><th>rejects</th><td class="n" id="rejects">-</td></tr>
-   <tr><th>drops</th><td class="n" id="drops">-</td></tr>
-   <tr><th>late parts</th><td class="n" id="late">-</td></tr>
-   <tr><th>source</th><td><span class="dot" id="source_dot"></span><span id="source">-</span></td></tr>
-   <tr><th>engine</th><td><span class="dot" id="engine_dot"></span><span id="engine">-</span></td></tr>
-   <tr><th>fault</th><td id="fault">none</td></tr>
-  </table>
-  <table id="other"></table>
-  <table id="verdicts"><thead><tr><th>seq</th><th>verdict</th><th>reason</th><th class="n">score</th><th class="n">ms</th></tr></thead><tbody></tbody></table>
- </section>
-</main>
-<script>
-"use strict";
-var KNOWN = ["fps", "latency_ms", "frames", "rejects", "drops", "late", "source", "engine", "fault", "faults",
-             "verdicts", "health", "frame", "status_age_s"];
-function $(id) { return document.getElementById(id); }
-function num(v, digits) {
-  if (v === null || v === undefined || v === "") return "-";
-  if (typeof v === "number") return digits === undefined ? String(v) : v.toFixed(digits);
-  return String(v);
-}
-function part(id, v) {
-  var ok = null, text = "-";
-  if (v !== null && typeof v === "object") { ok = v.ok; text = v.state || v.name || v.detail || (v.ok ? "ok" : "fault"); }
-  else if (v !== undefined && v !== null) { text = String(v); }
-  $(id).textContent = text;
-  $(id + "_dot").className = "dot" + (ok === true ? " ok" : ok === false ? " bad" : "");
-}
-function render(s) {
-  $("fps").textContent = num(s.fps, 1);
-  var lat = s.latency_ms || {};
-  $("lat_p50").textContent = num(lat.p50, 1);
-  $("lat_p95").textContent = num(lat.p95, 1);
-  ["frames", "rejects", "drops", "late"].forEach(function (k) { $(k).textContent = num(s[k]); });
-  part("source", s.source); part("engine", s.engine);
-  var f = s.fault || s.faults;
-  $("fault").textContent = f && f.length !== 0 ? (Array.isArray(f) ? f.join("; ") : String(f)) : "none";
-  $("fault").className = f && f.length !== 0 ? "rej" : "";
-  var h = s.health || {};
-  $("health").textContent = h.ok ? "healthy" : ("not healthy: " + (h.reason || "?"));
-  $("health").className = h.ok ? "ok" : "bad";
-  var other = $("other"); other.textContent = "";
-  Object.keys(s).forEach(function (k) {
-    if (KNOWN.indexOf(k) >= 0) return;
-    var tr = other.insertRow(), v = s[k];
-    tr.insertCell().textContent = k;
-    var td = tr.insertCell(); td.className = "n";
-    td.textContent = (v !== null && typeof v === "object") ? JSON.stringify(v) : num(v);
-  });
-  var body = $("verdicts").tBodies[0]; body.textContent = "";
-  (s.verdicts || []).slice(0, 12).forEach(function (v) {
-    var tr = body.insertRow();
-    tr.insertCell().textContent = v.seq;
-    var c = tr.insertCell(); c.textContent = v.reject ? "REJECT" : "ok"; c.className = v.reject ? "rej" : "ok";
-    tr.insertCell().textContent = v.reason;
-    c = tr.insertCell(); c.className = "n"; c.textContent = num(v.score, 3);
-    c = tr.insertCell(); c.className = "n"; c.textContent = num(v.latency_ms, 1);
-  });
-}
-function poll() {
-  var req = new XMLHttpRequest();
-  req.open("GET", "/status.json", true);
-  req.timeout = 2000;
-  req.onload = function () {
-    try { render(JSON.parse(req.responseText)); $("err").textContent = ""; }
-    catch (e) { $("err").textContent = "bad status: " + e; }
-  };
-  req.onerror = req.ontimeout = function () { $("err").textContent = "inspector not reachable"; };
-  req.onloadend = function () { setTimeout(poll, 1000); };
-  req.send();
-}
-var live = $("live");
-if (/[?&]mode=snapshot/.test(location.search)) {   // a still a second: slow links, headless checks
-  var still = function () { live.src = "/snapshot.jpg?" + Date.now(); };
-  live.onload = live.onerror = function () { setTimeout(still, 1000); };
-  still();
-} else {
-  live.onerror = function () {   // the stream ended (restart, too many viewers): retry
-    setTimeout(function () { live.src = "/stream.mjpg?" + Date.now(); }, 2000);
-  };
-  live.src = "/stream.mjpg";
-}
-poll();
-</script>
-</body></html>
-"""
