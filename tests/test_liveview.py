@@ -120,6 +120,29 @@ def test_mjpeg_stream(view):
     assert view.encodes == 2
 
 
+def test_stream_slots_are_limited_and_given_back():
+    """Beyond max_streams a viewer gets 503; a viewer that leaves frees its slot."""
+    with LiveView(port=0, max_streams=1, max_fps=50) as v:
+        v.update(*frame(1))
+        url = f"http://127.0.0.1:{v.port}/stream.mjpg"
+        first = urllib.request.urlopen(url, timeout=10)
+        assert first.read(2) == b"--"                                 # its slot is taken
+        code, _, body = get(v, "/stream.mjpg")
+        assert (code, body) == (503, b"too many live streams\n")
+        first.close()
+        deadline, seq = time.monotonic() + 20, 2
+        while True:                     # the server learns of the closed socket at its next write
+            v.update(*frame(seq))
+            seq += 1
+            try:
+                with urllib.request.urlopen(url, timeout=10) as again:
+                    assert again.status == 200
+                    break
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 503 and time.monotonic() < deadline
+                time.sleep(0.05)
+
+
 def test_port_in_use(view):
     with pytest.raises(EdgeError, match=f"127.0.0.1:{view.port}: cannot serve the live view"):
         LiveView(port=view.port).start()
