@@ -17,10 +17,10 @@ COMMANDS = {
     "bench": ("edge.tools.bench", "measure throughput and latency of each engine and precision"),
     "run": ("edge.runtime.run", "run the line-side loop: capture, infer, decide, act, record"),
     "check": ("edge.tools.check", "health check of an installed bundle and its runtime"),
-    "install": ("edge.bundle.install", "install a bundle (folder or archive) under the install root, verified; --activate"),
-    "rollback": ("edge.bundle.install", "make the previous installed bundle current again (swaps current and previous)"),
-    "bundles": ("edge.bundle.install", "list installed bundles and which is current / previous"),
-    "pack": ("edge.bundle.install", "pack a bundle folder into a deterministic .tar.gz (manifest first, no plans)"),
+    "install": ("edge.bundle.commands.install", "install a bundle (folder or archive) under the install root, verified; --activate"),
+    "rollback": ("edge.bundle.commands.rollback", "make the previous installed bundle current again (swaps current and previous)"),
+    "bundles": ("edge.bundle.commands.bundles", "list installed bundles and which is current / previous"),
+    "pack": ("edge.bundle.commands.pack", "pack a bundle folder into a deterministic .tar.gz (manifest first, no plans)"),
 }
 
 

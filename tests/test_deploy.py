@@ -2,7 +2,6 @@
 check (edge.tools.check) against a real HTTP server on 127.0.0.1 and a real SQLite file, and the
 deploy/ files (systemd units, install.sh, example config)."""
 
-import argparse
 import io
 import json
 import os
@@ -28,21 +27,10 @@ DEPLOY = os.path.join(REPO, "deploy")
 
 # ---- helpers -----------------------------------------------------------------------------
 def edge_cmd(cmd, *argv):
-    """Run an `edge` subcommand in-process: through edge.cli when the command is in its table,
-    else through the module's add_arguments/run as the table would."""
+    """Run an `edge` subcommand in-process, as the command line would."""
     from edge import cli
 
-    if cmd in cli.COMMANDS:
-        return cli.main([cmd, *argv])
-    module = {"install": install, "rollback": install, "bundles": install, "pack": install}[cmd]
-    parser = argparse.ArgumentParser(prog=f"edge {cmd}")
-    module.add_arguments(parser)
-    args = parser.parse_args(list(argv))
-    args.command = cmd
-    try:
-        return module.run(args) or 0
-    except EdgeError:
-        return 2
+    return cli.main([cmd, *argv])
 
 
 def snapshot(root):

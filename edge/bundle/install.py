@@ -1,4 +1,5 @@
-"""Installing model bundles on the line-side box, switching between them, and packing them.
+"""Installing model bundles on the line-side box, switching between them, and packing them
+(`pack` comes from edge.bundle.archive). The commands over it are in edge/bundle/commands/:
 
     edge install BUNDLE_DIR_OR_ARCHIVE [--root /opt/lineside] [--activate] [--keep 3]
     edge rollback [--root /opt/lineside]
@@ -39,7 +40,7 @@ import yaml
 
 from .manifest import MANIFEST, Bundle, dump_yaml
 from ..common.errors import EdgeError
-from .archive import ARCHIVE_SUFFIXES, _find_bundle_root, is_archive, pack, safe_extract
+from .archive import ARCHIVE_SUFFIXES, _find_bundle_root, is_archive, pack, safe_extract  # noqa: F401 (pack)
 from ..common.fsutil import StagedDir, _fsync_dir, atomic_write_text
 
 DEFAULT_ROOT = "/opt/lineside"
@@ -349,55 +350,3 @@ def list_bundles(root=None, verify=False):
         rows.append(row)
     rows.sort(key=lambda r: r["installed"] or 0, reverse=True)
     return rows
-
-
-# ---- command line -------------------------------------------------------------------------
-def _command(parser):
-    return parser.prog.split()[-1]
-
-
-def add_arguments(parser):
-    cmd = _command(parser)
-    if cmd == "pack":
-        parser.add_argument("bundle", help="bundle folder")
-        parser.add_argument("out", help="archive to write (.tar.gz, .tgz or .tar)")
-        return
-    if cmd == "install":
-        parser.add_argument("source", help="bundle folder or archive (.tar, .tar.gz, .tgz)")
-        parser.add_argument("--activate", action="store_true",
-                            help="make it the current bundle (the old one becomes previous)")
-        parser.add_argument("--keep", type=int, default=DEFAULT_KEEP,
-                            help=f"keep the N most recently installed bundles (default {DEFAULT_KEEP}); "
-                                 f"current and previous are always kept")
-    if cmd == "bundles":
-        parser.add_argument("--verify", action="store_true", help="check every file's sha256")
-        parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--root", default=None,
-                        help=f"install root (default $LINESIDE_ROOT or {DEFAULT_ROOT})")
-
-
-def run(args):
-    cmd = args.command
-    if cmd == "pack":
-        digest = pack(args.bundle, args.out)
-        print(f"packed {args.out} (sha256 {digest})")
-        return 0
-    if cmd == "install":
-        install(args.source, args.root, activate=args.activate, keep=args.keep)
-        return 0
-    if cmd == "rollback":
-        rollback(args.root)
-        return 0
-    if cmd == "bundles":
-        rows = list_bundles(args.root, verify=args.verify)
-        if args.json:
-            print(json.dumps(rows, indent=1))
-        elif not rows:
-            print(f"no bundles installed under {os.path.abspath(args.root or default_root())}")
-        for row in rows if not args.json else ():
-            when = (time.strftime("%Y-%m-%d %H:%M", time.localtime(row["installed"]))
-                    if row["installed"] else "?")
-            print(f"{row['state'] or '-':9} {row['name']:40} {row['method'] or '?':12} installed {when}"
-                  + ("" if row["ok"] else f"  BROKEN: {row['problem']}"))
-        return 0 if all(r["ok"] for r in rows) else 1
-    raise EdgeError(f"edge.bundle.install does not serve the command '{cmd}'")
