@@ -6,8 +6,9 @@
     view.close()
 
 URLs (no external JS or CSS: plants are offline):
-  /             one HTML page (page.html beside this module, package data): the latest frame with its heat-map overlay (MJPEG) and a status
-                panel that polls /status.json every second
+  /             one HTML page (page.html beside this module, package data): the latest frame
+                with its heat-map overlay (MJPEG) and a status panel that polls /status.json
+                every second
   /?mode=snapshot  the same page with a still a second (/snapshot.jpg) instead of the stream:
                 for slow links, and for headless browsers (an endless stream keeps their
                 virtual time from advancing)
