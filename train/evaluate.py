@@ -56,9 +56,9 @@ def evaluate_bundle(bundle_path, data, precision="fp32", engine="onnxruntime", b
     bundle = Bundle(bundle_path)
     pre = Preprocessor.for_bundle(bundle)
     samples = MvtecSet(data).test()
-    images, masks = load_test(samples, pre, None if quiet else Progress("reading test set", len(samples)))
     eng = open_engine(bundle, engine, precision, batch=batch, threads=threads)
     try:
+        images, masks = load_test(samples, pre, None if quiet else Progress("reading test set", len(samples)))
         maps, scores, spent = run_engine(eng, images, batch)
     finally:
         eng.close()
