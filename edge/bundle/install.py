@@ -217,29 +217,37 @@ def install(source, root=None, activate=False, keep=DEFAULT_KEEP, log=print, tru
     if not max_unpacked_mb > 0:
         raise EdgeError(f"--max-unpacked-mb must be more than 0 (got {max_unpacked_mb})")
     keys = signing.trusted_keys(root, trust)
+    if os.path.isdir(source):
+        if keys:
+            raise EdgeError("this box trusts signing keys and installs signed archives only "
+                            "(edge pack BUNDLE OUT.tar.gz --sign KEY)", source)
+        _refuse_links(source)
+    elif is_archive(source):
+        if keys:
+            signer = signing.verify_archive(source, keys, signature)
+            log(f"signature ok: {os.path.basename(signer)}")
+    else:
+        raise EdgeError("not a bundle folder or a .tar/.tar.gz/.tgz archive", source)
     with root_lock(root):
         bundles_dir = os.path.join(root, BUNDLES)
         incoming = None
         try:
             if os.path.isdir(source):
-                if keys:
-                    raise EdgeError("this box trusts signing keys and installs signed archives only "
-                                    "(edge pack BUNDLE OUT.tar.gz --sign KEY)", source)
-                _refuse_links(source)
                 src, top, hint = os.path.realpath(source), None, os.path.basename(source)
-            elif is_archive(source):
-                if keys:
-                    signer = signing.verify_archive(source, keys, signature)
-                    log(f"signature ok: {os.path.basename(signer)}")
-                incoming = tempfile.mkdtemp(prefix=".incoming-", dir=bundles_dir)
-                safe_extract(source, incoming, max_unpacked_mb)
-                src, top = _find_bundle_root(incoming, source)
-                hint = top or _strip_archive_suffix(os.path.basename(source))
             else:
-                raise EdgeError("not a bundle folder or a .tar/.tar.gz/.tgz archive", source)
+                incoming = tempfile.mkdtemp(prefix=".incoming-", dir=bundles_dir)
+                archive, tree = source, os.path.join(incoming, "tree")
+                os.mkdir(tree)
+                if keys:        # unpack the very bytes whose signature was checked
+                    archive = os.path.join(incoming, "archive")
+                    shutil.copyfile(source, archive)
+                    signing.verify_archive(archive, keys, signature or source + signing.SIG_SUFFIX)
+                safe_extract(archive, tree, max_unpacked_mb)
+                src, top = _find_bundle_root(tree, source)
+                hint = top or _strip_archive_suffix(os.path.basename(source))
             bundle = _verified(src, "bundle")
             if incoming:
-                check_listed(incoming, bundle.manifest, source, top)
+                check_listed(tree, bundle.manifest, source, top)
             bid = bundle.id
             name = bundle_name(bundle.manifest, hint, bid[:8])
             dest, reused = _existing(bundles_dir, bid), True
