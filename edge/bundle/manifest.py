@@ -7,7 +7,9 @@ A bundle is one folder:
   model.int8.ort.onnx                 INT8 in the form ONNX Runtime runs fast on CPUs
   plans/          TensorRT plans built on the device, named by GPU, TensorRT version, precision
 Every file except the manifest and plans/ is listed in the manifest with its sha256, and a
-bundle whose files are missing or altered is refused.
+bundle whose files are missing or altered is refused. The manifest is checked once, on open
+(edge/bundle/schema.py: key paths in every message); its id (edge/bundle/identity.py) is
+checked against the one recorded at install, where there is one.
 """
 
 import copy
