@@ -44,7 +44,7 @@ from .manifest import MANIFEST, Bundle, dump_yaml
 from ..common.errors import EdgeError
 from .archive import (ARCHIVE_SUFFIXES, MAX_UNPACKED_MB, _find_bundle_root, check_listed, is_archive, pack,
                       safe_extract)
-from .identity import ID_FILE, bundle_id
+from .identity import ID_FILE, bundle_id  # noqa: F401 (install.bundle_id: the one bundle id)
 from . import signing
 from ..common.fsutil import StagedDir, _fsync_dir, atomic_write_text
 
