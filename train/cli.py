@@ -1,5 +1,6 @@
 """`edge train`: good images in, a model bundle out."""
 
+import math
 import os
 
 from edge.common.errors import EdgeError
@@ -29,6 +30,14 @@ def parse_roi(text):
     if len(roi) != 4 or roi[2] <= 0 or roi[3] <= 0 or min(roi[:2]) < 0:
         raise EdgeError(f"--roi must be x,y,w,h in pixels of the source image, got '{text}'")
     return roi
+
+
+def check_split(holdout, sigma):
+    """--holdout is a fraction of train/good (0 < f < 1); --sigma a finite smoothing width >= 0."""
+    if not (isinstance(holdout, float) and 0 < holdout < 1):
+        raise EdgeError(f"--holdout must be a fraction between 0 and 1 (exclusive), got {holdout}")
+    if not (isinstance(sigma, float) and math.isfinite(sigma) and 0 <= sigma <= 64):
+        raise EdgeError(f"--sigma must be 0..64 pixels, got {sigma}")
 
 
 def parse_params(items):
@@ -70,6 +79,7 @@ def run(args):
     from .trainer import train_bundle
     if os.path.abspath(args.out) == os.path.abspath(args.data):
         raise EdgeError("--out must not be the data folder", args.out)
+    check_split(args.holdout, args.sigma)
     try:
         params = parse_params(args.param)
         train_bundle(args.method, args.data, args.out, parse_size(args.size), args.backbone, args.weights,

@@ -80,12 +80,22 @@ class MvtecSet:
         return {"sha256": h.hexdigest(), "images": len(paths)}
 
 
+def _preprocess(pre, img, out, path):
+    """pre(img, out=out), with a problem (a region of interest outside the image) naming the file."""
+    try:
+        pre(img, out=out)
+    except EdgeError as exc:
+        if exc.where:
+            raise
+        raise EdgeError(str(exc), path) from None
+
+
 def load_images(paths, pre, progress=None):
     """Read and preprocess images into one N x H x W x 3 uint8 array."""
     h, w = pre.size[1], pre.size[0]
     out = np.empty((len(paths), h, w, 3), np.uint8)
     for i, p in enumerate(paths):
-        pre(read_rgb(p), out=out[i])
+        _preprocess(pre, read_rgb(p), out[i], p)
         if progress:
             progress(i + 1, len(paths))
     return out
@@ -99,7 +109,7 @@ def load_test(samples, pre, progress=None):
     masks = np.zeros((len(samples), h, w), bool)
     for i, s in enumerate(samples):
         img = read_rgb(s.path)
-        pre(img, out=images[i])
+        _preprocess(pre, img, images[i], s.path)
         if s.mask_path:
             m = read_mask(s.mask_path)
             if m.shape != img.shape[:2]:

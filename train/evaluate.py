@@ -9,6 +9,7 @@ import numpy as np
 
 from edge.bundle.manifest import Bundle
 from edge.engines import open_engine
+from edge.common.errors import EdgeError
 from edge.common.fsutil import atomic_write_text
 from edge.runtime.preprocess import Preprocessor
 from edge.common.progress import Progress, say
@@ -44,15 +45,27 @@ def compute_metrics(labels, scores, masks, maps, threshold):
 
 def evaluate_bundle(bundle_path, data, precision="fp32", engine="onnxruntime", batch=4, threads=None,
                     record=False, json_path=None, plots=None, quiet=False):
+    if batch < 1:
+        raise EdgeError(f"--batch must be 1 or more, got {batch}")
+    if json_path and os.path.isdir(json_path):
+        raise EdgeError("--json must name a file, not a folder", json_path)
+    if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
+        raise EdgeError("--json: folder not found", os.path.dirname(os.path.abspath(json_path)))
+    if threads is not None and threads < 1:
+        raise EdgeError(f"--threads must be 1 or more, got {threads}")
     bundle = Bundle(bundle_path)
     pre = Preprocessor.for_bundle(bundle)
     samples = MvtecSet(data).test()
-    images, masks = load_test(samples, pre, None if quiet else Progress("reading test set", len(samples)))
     eng = open_engine(bundle, engine, precision, batch=batch, threads=threads)
     try:
+        images, masks = load_test(samples, pre, None if quiet else Progress("reading test set", len(samples)))
         maps, scores, spent = run_engine(eng, images, batch)
     finally:
         eng.close()
+    bad = np.flatnonzero(~np.isfinite(scores) | ~np.isfinite(maps).reshape(len(maps), -1).all(axis=1))
+    if bad.size:
+        raise EdgeError(f"engine returned a non-finite score or map for {bad.size} of {len(samples)} images "
+                        f"(first score {scores[bad[0]]}): a fault; no figures written", samples[bad[0]].path)
     labels = np.array([s.label for s in samples])
     threshold = bundle.threshold_for(precision, eng.name)
     res = compute_metrics(labels, scores, masks, maps, threshold)

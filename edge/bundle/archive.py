@@ -1,12 +1,12 @@
 """Bundle archives: packing a bundle's portable part into a deterministic .tar.gz, and
-unpacking one safely (no absolute names, no '..', no links out, no devices or FIFOs)."""
+unpacking one safely (no absolute names, no '..', no links out, no devices or FIFOs, at most
+MAX_UNPACKED_MB unpacked, and nothing the manifest does not list)."""
 
 import gzip
 import io
 import os
 import posixpath
 import re
-import shutil
 import tarfile
 import zlib
 
@@ -16,6 +16,7 @@ from ..common.fsutil import atomic_file, sha256_file
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 MAX_MEMBERS = 10000          # an archive with more members than this is not a bundle
+MAX_UNPACKED_MB = 4096       # default limit on an archive's unpacked size (edge install --max-unpacked-mb)
 PACK_MTIME = 0               # fixed member times: the same bundle packs to the same bytes
 
 
@@ -47,13 +48,29 @@ def _link_target(member, rel, archive):
     return resolved
 
 
-def safe_extract(archive, dest):
+def _copy_limited(src, dst, budget, archive, rel):
+    """Copy src to dst, counting bytes against budget[0]; EdgeError once it is spent."""
+    while True:
+        chunk = src.read(1 << 20)
+        if not chunk:
+            return
+        budget[0] -= len(chunk)
+        if budget[0] < 0:
+            raise EdgeError(f"archive unpacks to more than {budget[1] / 2 ** 20:g} MiB (at {rel!r}); "
+                            f"refused (edge install --max-unpacked-mb raises the limit)", archive)
+        dst.write(chunk)
+
+
+def safe_extract(archive, dest, max_unpacked_mb=MAX_UNPACKED_MB):
     """Unpack `archive` into the existing folder `dest`, member by member. Files are written
     with mode 0644; a link that stays inside the archive becomes a copy of its target; any
     member that could write outside `dest` (absolute name, '..', a link leaving the archive),
-    a device, a FIFO, a duplicate name or more than MAX_MEMBERS members is refused."""
+    a device, a FIFO, a duplicate name, more than MAX_MEMBERS members or more than
+    `max_unpacked_mb` MiB in all is refused."""
     dest = os.path.realpath(dest)
     seen = set()
+    limit = float(max_unpacked_mb) * 2 ** 20
+    budget = [limit, limit]
     try:
         tar = tarfile.open(archive, "r:*")
     except (tarfile.TarError, OSError) as exc:
@@ -86,8 +103,11 @@ def safe_extract(archive, dest):
                 if src is None:
                     raise EdgeError(f"archive link {rel!r} does not point to a file in it", archive)
                 os.makedirs(os.path.dirname(out), exist_ok=True)
+                if member.isfile() and member.size > budget[0]:
+                    raise EdgeError(f"archive unpacks to more than {limit / 2 ** 20:g} MiB (at {rel!r}); "
+                                    f"refused (edge install --max-unpacked-mb raises the limit)", archive)
                 with src, open(out, "xb") as f:
-                    shutil.copyfileobj(src, f, 1 << 20)
+                    _copy_limited(src, f, budget, archive, rel)
                 os.chmod(out, 0o644)
         except (tarfile.TarError, EOFError, zlib.error) as exc:
             raise EdgeError(f"archive is damaged: {exc}", archive) from None
@@ -103,6 +123,20 @@ def _find_bundle_root(folder, archive):
         return os.path.join(folder, entries[0]), entries[0]
     raise EdgeError("archive holds no bundle (no manifest.yaml at its top or in its one folder)",
                     archive)
+
+
+def check_listed(folder, manifest, archive, top=None):
+    """Refuse an unpacked archive (in `folder`; the bundle in its folder `top`, if any) that
+    holds a file other than the manifest and the files it lists: nothing unlisted reaches an
+    installed bundle."""
+    listed = {(top + "/" if top else "") + n for n in list(manifest["files"]) + [MANIFEST]}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            rel = os.path.relpath(os.path.join(dirpath, name), folder).replace(os.sep, "/")
+            if rel not in listed:
+                raise EdgeError(f"archive member not listed in the manifest: {rel!r} (a bundle "
+                                f"archive holds manifest.yaml and the files it lists, nothing else)", archive)
 
 
 def pack(bundle_path, out_path):
@@ -128,6 +162,10 @@ def pack(bundle_path, out_path):
         return ti
 
     out_path = os.path.abspath(out_path)
+    if os.path.isdir(out_path):
+        raise EdgeError("is a folder; give the archive file to write (e.g. bundle.tar.gz)", out_path)
+    if not os.path.isdir(os.path.dirname(out_path)):
+        raise EdgeError("folder for the archive not found", os.path.dirname(out_path))
     with atomic_file(out_path) as raw:
         gz = None
         fileobj = raw

@@ -2,14 +2,18 @@
 (`pack` comes from edge.bundle.archive). The commands over it are in edge/bundle/commands/:
 
     edge install BUNDLE_DIR_OR_ARCHIVE [--root /opt/lineside] [--activate] [--keep 3]
+                 [--trust KEY.pub] [--signature ARCHIVE.sig] [--max-unpacked-mb 4096]
     edge rollback [--root /opt/lineside]
     edge bundles  [--root /opt/lineside] [--verify]
-    edge pack     BUNDLE OUT.tar.gz
+    edge pack     BUNDLE OUT.tar.gz [--sign KEY]
 
 Layout under the root (default /opt/lineside, or $LINESIDE_ROOT):
 
-    bundles/<name>-<id8>/   verified copies; <id8> starts the bundle's id (the sha256 of its
-                            manifest without the device-local `plans:`)
+    bundles/<name>-<id8>/   verified copies; <id8> starts the bundle's id (edge/bundle/identity.py:
+                            the sha256 of its canonical manifest without the device-local
+                            `plans:`), recorded in manifest.sha256 and checked at every open
+    trusted-keys/*.pub      optional: ed25519 public keys; when any is present (or --trust is
+                            given) only archives signed by one of them are installed
     bundles.json            when each bundle was installed (for pruning)
     current  -> bundles/... the active bundle (relative symlink, switched atomically)
     previous -> bundles/... the one before it (`edge rollback` swaps the two)
@@ -17,8 +21,10 @@ Layout under the root (default /opt/lineside, or $LINESIDE_ROOT):
 A bundle is verified (every file against the manifest's sha256) before it is copied, again
 after the copy, and again before it is made current; a bundle that fails changes nothing.
 An archive (.tar, .tar.gz, .tgz) is unpacked member by member: absolute names, '..', links
-that leave the archive, devices and FIFOs are refused. TensorRT plans are not copied (they
-are device-local): `edge build <root>/current` makes them on the box.
+that leave the archive, devices and FIFOs, members the manifest does not list and more than
+--max-unpacked-mb in all are refused. A folder holding a symbolic link is refused. Only the
+manifest and the files it lists are copied: TensorRT plans are not (they are device-local:
+`edge build <root>/current` makes them on the box), nor anything else in the folder.
 
 Only the last N installed bundles are kept (default 3), plus whatever current and previous
 point to. Installs, activations and rollbacks on one root are serialised with a lock file.
@@ -26,7 +32,6 @@ point to. Installs, activations and rollbacks on one root are serialised with a 
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -36,11 +41,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import yaml
-
 from .manifest import MANIFEST, Bundle, dump_yaml
 from ..common.errors import EdgeError
-from .archive import ARCHIVE_SUFFIXES, _find_bundle_root, is_archive, pack, safe_extract  # noqa: F401 (pack)
+from .archive import (ARCHIVE_SUFFIXES, MAX_UNPACKED_MB, _find_bundle_root, check_listed, is_archive, pack,
+                      safe_extract)
+from .identity import ID_FILE, bundle_id  # noqa: F401 (install.bundle_id: the one bundle id)
+from . import signing
 from ..common.fsutil import StagedDir, _fsync_dir, atomic_write_text
 
 DEFAULT_ROOT = "/opt/lineside"
@@ -56,12 +62,12 @@ def default_root():
     return os.environ.get("LINESIDE_ROOT") or DEFAULT_ROOT
 
 
-# ---- identity ---------------------------------------------------------------------------
-def bundle_id(manifest):
-    """sha256 of the manifest without `plans:` (which `edge build` adds on the device)."""
-    portable = {k: v for k, v in manifest.items() if k != "plans"}
-    text = json.dumps(portable, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def _root(root):
+    """The install root as an absolute path; EdgeError when it exists and is not a folder."""
+    root = os.path.abspath(root or default_root())
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise EdgeError("install root is not a folder", root)
+    return root
 
 
 def _slug(text):
@@ -88,7 +94,10 @@ def bundle_name(manifest, hint, id8):
 # ---- the root: lock, links, install log --------------------------------------------------
 @contextmanager
 def root_lock(root):
-    os.makedirs(os.path.join(root, BUNDLES), exist_ok=True)
+    try:
+        os.makedirs(os.path.join(root, BUNDLES), exist_ok=True)
+    except OSError as exc:
+        raise EdgeError(f"cannot use the install root: {exc.strerror}", root) from None
     fd = os.open(os.path.join(root, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -162,22 +171,27 @@ def _verified(path, what):
         raise EdgeError(f"{what} refused, nothing changed: {exc}") from None
 
 
-def _copy_bundle(src, dst):
-    """Copy the bundle's files (not plans/, not hidden files) and its manifest without `plans:`."""
-    for dirpath, dirnames, filenames in os.walk(src):
-        rel_dir = os.path.relpath(dirpath, src)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and not (rel_dir == "." and d == "plans"))
-        for name in sorted(filenames):
-            if name.startswith(".") or (rel_dir == "." and name == MANIFEST):
-                continue
-            out_dir = os.path.join(dst, rel_dir)
-            os.makedirs(out_dir, exist_ok=True)
-            shutil.copyfile(os.path.join(dirpath, name), os.path.join(out_dir, name))
-    with open(os.path.join(src, MANIFEST)) as f:
-        manifest = yaml.safe_load(f)
+def _refuse_links(folder):
+    """A folder install copies files, never what a link points to: refuse any link in it."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                raise EdgeError(f"bundle folder holds a symbolic link ({os.path.relpath(path, folder)} -> "
+                                f"{os.readlink(path)}); links are refused, copy the file in", folder)
+
+
+def _copy_bundle(bundle, dst, bid):
+    """Copy the manifest (without `plans:`) and the files it lists, nothing else; record the
+    bundle id beside the manifest."""
+    for name in sorted(bundle.manifest["files"]):
+        out = os.path.join(dst, *name.split("/"))
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        shutil.copyfile(os.path.join(bundle.path, *name.split("/")), out, follow_symlinks=False)
+    manifest = bundle.copy_manifest()
     manifest.pop("plans", None)
     atomic_write_text(os.path.join(dst, MANIFEST), dump_yaml(manifest))
+    atomic_write_text(os.path.join(dst, ID_FILE), bid + "\n")
 
 
 def _readable(folder):
@@ -190,36 +204,58 @@ def _readable(folder):
             os.chmod(os.path.join(dirpath, f), 0o644)
 
 
-def install(source, root=None, activate=False, keep=DEFAULT_KEEP, log=print):
+def install(source, root=None, activate=False, keep=DEFAULT_KEEP, log=print, trust=(), signature=None,
+            max_unpacked_mb=MAX_UNPACKED_MB):
     """Verify and copy a bundle folder or archive into <root>/bundles/<name>-<id8>; with
-    `activate`, make it current. A bundle that fails verification changes nothing."""
-    root = os.path.abspath(root or default_root())
+    `activate`, make it current. A bundle that fails verification changes nothing. With
+    trusted keys (`trust`, or <root>/trusted-keys/*.pub) only a signed archive is installed."""
+    root = _root(root)
     source = os.path.abspath(source)
     if not os.path.exists(source):
         raise EdgeError("bundle folder or archive not found", source)
     if keep < 1:
         raise EdgeError(f"--keep must be 1 or more (got {keep})")
+    if not max_unpacked_mb > 0:
+        raise EdgeError(f"--max-unpacked-mb must be more than 0 (got {max_unpacked_mb})")
+    keys = signing.trusted_keys(root, trust)
+    if os.path.isdir(source):
+        if keys:
+            raise EdgeError("this box trusts signing keys and installs signed archives only "
+                            "(edge pack BUNDLE OUT.tar.gz --sign KEY)", source)
+        _refuse_links(source)
+    elif is_archive(source):
+        if keys:
+            signer = signing.verify_archive(source, keys, signature)
+            log(f"signature ok: {os.path.basename(signer)}")
+    else:
+        raise EdgeError("not a bundle folder or a .tar/.tar.gz/.tgz archive", source)
     with root_lock(root):
         bundles_dir = os.path.join(root, BUNDLES)
         incoming = None
         try:
             if os.path.isdir(source):
-                src, hint = source, os.path.basename(source)
-            elif is_archive(source):
-                incoming = tempfile.mkdtemp(prefix=".incoming-", dir=bundles_dir)
-                safe_extract(source, incoming)
-                src, top = _find_bundle_root(incoming, source)
-                hint = top or _strip_archive_suffix(os.path.basename(source))
+                src, top, hint = os.path.realpath(source), None, os.path.basename(source)
             else:
-                raise EdgeError("not a bundle folder or a .tar/.tar.gz/.tgz archive", source)
+                incoming = tempfile.mkdtemp(prefix=".incoming-", dir=bundles_dir)
+                archive, tree = source, os.path.join(incoming, "tree")
+                os.mkdir(tree)
+                if keys:        # unpack the very bytes whose signature was checked
+                    archive = os.path.join(incoming, "archive")
+                    shutil.copyfile(source, archive)
+                    signing.verify_archive(archive, keys, signature or source + signing.SIG_SUFFIX)
+                safe_extract(archive, tree, max_unpacked_mb)
+                src, top = _find_bundle_root(tree, source)
+                hint = top or _strip_archive_suffix(os.path.basename(source))
             bundle = _verified(src, "bundle")
-            bid = bundle_id(bundle.manifest)
+            if incoming:
+                check_listed(tree, bundle.manifest, source, top)
+            bid = bundle.id
             name = bundle_name(bundle.manifest, hint, bid[:8])
             dest, reused = _existing(bundles_dir, bid), True
             if dest is None:
                 dest, reused = os.path.join(bundles_dir, f"{name}-{bid[:8]}"), False
                 with StagedDir(dest) as tmp:
-                    _copy_bundle(src, tmp)
+                    _copy_bundle(bundle, tmp, bid)
                     _readable(tmp)
                     _verified(tmp, "copy of the bundle")   # a bad disk shows here
             log(f"{'already installed' if reused else 'installed'}: {os.path.relpath(dest, root)}")
@@ -244,7 +280,7 @@ def _existing(bundles_dir, bid):
         if not os.path.basename(path).endswith(suffix):
             continue
         try:
-            if bundle_id(Bundle(path).manifest) == bid:
+            if Bundle(path).id == bid:
                 return path
         except EdgeError:
             pass
@@ -273,7 +309,7 @@ def _switch(root, target, current, log):
 
 def activate(root, target, log=print):
     """Make an installed bundle (a folder under <root>/bundles, or its name) current."""
-    root = os.path.abspath(root or default_root())
+    root = _root(root)
     if not os.path.isabs(target) and os.sep not in target:
         target = os.path.join(root, BUNDLES, target)
     with root_lock(root):
@@ -283,7 +319,7 @@ def activate(root, target, log=print):
 def rollback(root=None, log=print):
     """Swap current and previous (so a second rollback undoes the first). Refused, with
     nothing changed, when there is no previous bundle or it fails verification."""
-    root = os.path.abspath(root or default_root())
+    root = _root(root)
     with root_lock(root):
         previous, current = link_target(root, PREVIOUS), link_target(root, CURRENT)
         if previous is None or not os.path.isdir(previous):
@@ -296,7 +332,7 @@ def rollback(root=None, log=print):
 def prune(root=None, keep=DEFAULT_KEEP, log=print, _locked=False):
     """Delete all but the `keep` most recently installed bundles, never current or previous;
     also leftovers of interrupted installs. Returns the names deleted."""
-    root = os.path.abspath(root or default_root())
+    root = _root(root)
     if not _locked:
         with root_lock(root):
             return prune(root, keep, log, _locked=True)
@@ -332,7 +368,7 @@ def prune(root=None, keep=DEFAULT_KEEP, log=print, _locked=False):
 def list_bundles(root=None, verify=False):
     """[{name, path, state: current|previous|'', method, created, installed, ok, problem}]
     newest install first."""
-    root = os.path.abspath(root or default_root())
+    root = _root(root)
     entries = _read_log(root)
     current, previous = link_target(root, CURRENT), link_target(root, PREVIOUS)
     rows = []
@@ -340,9 +376,10 @@ def list_bundles(root=None, verify=False):
         row = {"name": os.path.basename(path), "path": path,
                "state": "current" if path == current else "previous" if path == previous else "",
                "installed": entries.get(os.path.basename(path)), "ok": True, "problem": None,
-               "method": None, "created": None}
+               "method": None, "created": None, "id": None}
         try:
             b = Bundle(path, verify=verify)
+            row["id"] = b.id
             row["method"] = b.manifest.get("method")
             row["created"] = (b.manifest.get("training") or {}).get("created")
         except EdgeError as exc:

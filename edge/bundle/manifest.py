@@ -7,7 +7,9 @@ A bundle is one folder:
   model.int8.ort.onnx                 INT8 in the form ONNX Runtime runs fast on CPUs
   plans/          TensorRT plans built on the device, named by GPU, TensorRT version, precision
 Every file except the manifest and plans/ is listed in the manifest with its sha256, and a
-bundle whose files are missing or altered is refused.
+bundle whose files are missing or altered is refused. The manifest is checked once, on open
+(edge/bundle/schema.py: key paths in every message); its id (edge/bundle/identity.py) is
+checked against the one recorded at install, where there is one.
 """
 
 import copy
@@ -17,12 +19,41 @@ import yaml
 
 from ..common.errors import EdgeError
 from ..common.fsutil import atomic_write_text, sha256_file
+from .identity import ID_FILE, bundle_id, read_recorded_id
+from .schema import validate_manifest
 
 MANIFEST = "manifest.yaml"
+MAX_MANIFEST_BYTES = 4 << 20     # a manifest is a few kB; anything near this is not one
 FORMAT = 1
 GRAPH_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 # Variants with a second graph for one engine, recorded as graphs.<precision>.<engine>.
 ENGINE_GRAPH_FILES = {("int8", "onnxruntime"): "model.int8.ort.onnx"}
+
+
+def load_manifest(mpath):
+    """The parsed manifest file; EdgeError (never another exception) for anything unreadable."""
+    try:
+        with open(mpath, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise EdgeError(f"cannot read the manifest: {exc.strerror}", mpath) from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise EdgeError(f"manifest is larger than {MAX_MANIFEST_BYTES >> 20} MiB", mpath)
+    return parse_manifest(data, mpath)
+
+
+def parse_manifest(data, where):
+    """YAML bytes or text -> the manifest mapping (not yet validated)."""
+    try:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8")
+        return yaml.safe_load(data)
+    except UnicodeDecodeError:
+        raise EdgeError("manifest is not UTF-8 text", where) from None
+    except yaml.YAMLError as exc:
+        raise EdgeError(f"manifest is not valid YAML: {' '.join(str(exc).split())}", where) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:   # e.g. a date 2024-13-45
+        raise EdgeError(f"manifest has a value YAML cannot read: {exc}", where) from None
 
 
 def dump_yaml(data):
@@ -37,23 +68,22 @@ class Bundle:
             raise EdgeError("bundle folder not found", path)
         if not os.path.isfile(mpath):
             raise EdgeError("not a bundle (no manifest.yaml)", path)
-        try:
-            with open(mpath) as f:
-                self.manifest = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise EdgeError(f"manifest is not valid YAML: {exc}", mpath) from None
-        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
-            raise EdgeError(f"manifest format is not {FORMAT}", mpath)
-        for key in ("method", "input", "threshold", "graphs", "files"):
-            if key not in self.manifest:
-                raise EdgeError(f"manifest lacks key '{key}'", mpath)
+        self.manifest = validate_manifest(load_manifest(mpath), mpath)
+        self.id = bundle_id(self.manifest)
+        recorded = read_recorded_id(self.path)
+        if recorded is not None and recorded != self.id:
+            raise EdgeError(f"manifest changed since install (its digest {self.id[:12]} is not the "
+                            f"{recorded[:12]} recorded in {ID_FILE})", mpath)
         if verify:
             self.verify()
 
     # ---- integrity -------------------------------------------------------------------
     def verify(self):
+        real = os.path.realpath(self.path)
         for name, digest in self.manifest["files"].items():
-            fpath = os.path.join(self.path, name)
+            fpath = os.path.join(self.path, *name.split("/"))
+            if not os.path.realpath(fpath).startswith(real + os.sep):
+                raise EdgeError("bundle file lies outside the bundle (a link?)", fpath)
             if not os.path.isfile(fpath):
                 raise EdgeError("bundle file missing", fpath)
             if sha256_file(fpath) != digest:
@@ -112,7 +142,15 @@ class Bundle:
         self.manifest["files"][name] = sha256_file(dst)
 
     def save(self):
-        atomic_write_text(os.path.join(self.path, MANIFEST), dump_yaml(self.manifest))
+        """Write the manifest atomically. An installed bundle (one with a recorded digest) is
+        sealed: only build-time entries (plans) may change."""
+        mpath = os.path.join(self.path, MANIFEST)
+        validate_manifest(self.manifest, mpath)
+        recorded = read_recorded_id(self.path)
+        if recorded is not None and bundle_id(self.manifest) != recorded:
+            raise EdgeError("an installed bundle is sealed: only `edge build` plans may be added "
+                            "(change the bundle where it was made, then pack and install it again)", mpath)
+        atomic_write_text(mpath, dump_yaml(self.manifest))
 
     def copy_manifest(self):
         return copy.deepcopy(self.manifest)

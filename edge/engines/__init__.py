@@ -6,6 +6,8 @@
 The engine modules import their runtimes lazily, so a box without TensorRT can still use
 ONNX Runtime and the other way round."""
 
+import os
+
 from ..common.errors import EdgeError
 
 ENGINES = ("onnxruntime", "tensorrt")
@@ -37,12 +39,30 @@ def tensorrt_available():
     return cuda_available()
 
 
+def check_input_size(bundle, shape, graph_path):
+    """The graph's fixed input height and width (N x H x W x C) must be the manifest's."""
+    h, w = bundle.input_hw
+    if len(shape) != 4:
+        raise EdgeError(f"graph input has {len(shape)} dimensions, not N x H x W x C", graph_path)
+    at = 2 if bundle.manifest["input"].get("layout") == "NCHW" else 1
+    for key, want, have in (("height", h, shape[at]), ("width", w, shape[at + 1])):
+        if isinstance(have, int) and have != want:
+            raise EdgeError(f"manifest input.{key} is {want} but the graph takes {have}",
+                            os.path.join(bundle.path, "manifest.yaml"))
+
+
 def open_engine(bundle, kind="auto", precision="fp32", batch=1, **options):
     if kind == "auto":
         kind = "tensorrt" if tensorrt_available() else "onnxruntime"
     if kind == "onnxruntime":
         from .onnxrt import OrtEngine
-        return OrtEngine(bundle.graph_path(precision, "onnxruntime"), precision=precision, **options)
+        engine = OrtEngine(bundle.graph_path(precision, "onnxruntime"), precision=precision, **options)
+        try:
+            check_input_size(bundle, engine.session.get_inputs()[0].shape, engine.graph_path)
+        except BaseException:
+            engine.close()
+            raise
+        return engine
     if kind == "tensorrt":
         from .tensorrt import TrtEngine
         return TrtEngine.from_bundle(bundle, precision=precision, batch=batch, **options)

@@ -10,6 +10,7 @@ A stage that fails (source lost, engine error) is recorded and reported to the l
 stop() (SIGTERM) lets in-flight frames finish and be recorded before the run ends."""
 
 import collections
+import math
 import sys
 import queue
 import threading
@@ -70,6 +71,8 @@ class Pipeline:
                  save="flagged", on_reject=None):
         self.source, self.pre, self.engine = source, preprocess, engine
         self.threshold, self.min_area, self.deadline_s = float(threshold), float(min_area), deadline_ms / 1000
+        if not math.isfinite(self.threshold):
+            raise EdgeError(f"threshold must be a finite number, got {threshold}")
         self.mode, self.batch, self.max_frames = mode, max(1, int(batch)), max_frames
         self.store, self.line, self.view, self.save = store, line, view, save
         self.on_reject = on_reject
@@ -242,6 +245,9 @@ class Pipeline:
             if item is _END:
                 break
             frame, x, amap, score, spent, n = item
+            if not (math.isfinite(score) and np.isfinite(amap).all()):   # NaN passes every `>=`
+                raise EdgeError(f"engine returned a non-finite {'score' if not math.isfinite(score) else 'anomaly map'} "
+                                f"for frame {frame.seq} (score {score}): a fault, never a pass")
             area = float(np.count_nonzero(amap >= thr)) / amap.size
             over = score >= thr
             reject = over and area >= self.min_area

@@ -5,6 +5,8 @@ Colour conversion, casting and normalisation happen inside the graph."""
 import cv2
 import numpy as np
 
+from ..common.errors import EdgeError
+
 
 class Preprocessor:
     def __init__(self, height, width, roi=None, source_order="RGB"):
@@ -25,6 +27,9 @@ class Preprocessor:
             frame = frame[..., ::-1]
         if self.roi:
             x, y, w, h = self.roi
+            if x + w > frame.shape[1] or y + h > frame.shape[0]:
+                raise EdgeError(f"region of interest x={x} y={y} w={w} h={h} does not fit in the "
+                                f"{frame.shape[1]}x{frame.shape[0]} image")
             frame = frame[y:y + h, x:x + w]
         if frame.shape[1] != self.size[0] or frame.shape[0] != self.size[1]:
             frame = cv2.resize(np.ascontiguousarray(frame), self.size, interpolation=cv2.INTER_AREA

@@ -99,7 +99,7 @@ def run(args):
     threshold = cfg["decision"]["threshold"]
     threshold = bundle.threshold_for(cfg["engine"]["precision"], parts["engine"].name) if threshold is None else threshold
     store = parts.get("store")
-    run_id = store.start_run(bundle.path, cfg) if store else None
+    run_id = store.start_run(bundle.path, cfg, bundle_sha=bundle.id) if store else None
     pipe = Pipeline(parts["source"], Preprocessor.for_bundle(bundle), parts["engine"], threshold,
                     mode=cfg["mode"], batch=cfg["engine"]["batch"], queue_size=cfg["queue_size"],
                     min_area=cfg["decision"]["min_area"], deadline_ms=cfg["deadline_ms"],
@@ -120,11 +120,12 @@ def run(args):
         if view is not None:
             connected = parts["source"].stats().get("connected", True)
             fault = "; ".join(pipe.errors) or (None if connected else "camera lost")
-            view.set_status(dict(s, fault=fault, engine=parts["engine"].name, source=parts["source"].describe()))
+            view.set_status(dict(s, fault=fault, engine=parts["engine"].name, source=parts["source"].describe(),
+                                 bundle=f"{os.path.basename(os.path.realpath(bundle.path))} (id {bundle.id[:12]})"))
         if not args.quiet:
             sys.stderr.write(format_status(s) + "\n")
 
-    sys.stderr.write(f"edge run: {bundle.method} bundle {bundle.path} on {parts['engine'].name} "
+    sys.stderr.write(f"edge run: {bundle.method} bundle {bundle.path} (id {bundle.id[:12]}) on {parts['engine'].name} "
                      f"({cfg['engine']['precision']}), source {parts['source'].describe()}, mode {cfg['mode']}, "
                      f"threshold {threshold:.4g}\n")
     summary, error = None, None

@@ -50,7 +50,8 @@ def check_bundle(path):
     shown = path
     if os.path.islink(path.rstrip("/")):
         shown = f"{path} -> {os.readlink(path.rstrip('/'))}"
-    return bundle, f"{shown} ({bundle.method}, {len(bundle.manifest['files'])} file(s) verified)"
+    return bundle, (f"{shown} ({bundle.method}, id {bundle.id[:12]}, "
+                    f"{len(bundle.manifest['files'])} file(s) verified)")
 
 
 def check_engine(bundle, kind="auto", precision="fp32", batch=1, dla=None):

@@ -1,5 +1,6 @@
 """`edge predict BUNDLE IMAGE_OR_FOLDER [--out DIR]`: score and verdict per image, heat-map overlays."""
 
+import math
 import os
 
 import numpy as np
@@ -22,7 +23,22 @@ def add_arguments(p):
     p.add_argument("--batch", type=int, default=8)
 
 
+def _prepared(pre, path):
+    try:
+        return pre(read_rgb(path))
+    except EdgeError as exc:
+        if exc.where:
+            raise
+        raise EdgeError(str(exc), path) from None
+
+
 def run(args):
+    if args.batch < 1:
+        raise EdgeError(f"--batch must be 1 or more, got {args.batch}")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise EdgeError(f"--threshold must be a finite number, got {args.threshold}")
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise EdgeError("--out must be a folder", args.out)
     bundle = Bundle(args.bundle)
     if os.path.isdir(args.images):
         paths = list_images(args.images)
@@ -38,9 +54,12 @@ def run(args):
         thr = bundle.threshold_for(args.precision, engine.name) if args.threshold is None else args.threshold
         for i in range(0, len(paths), args.batch):
             chunk = paths[i:i + args.batch]
-            frames = np.stack([pre(read_rgb(p)) for p in chunk])
+            frames = np.stack([_prepared(pre, p) for p in chunk])
             maps, scores = engine.infer(frames)
             for p, frame, amap, score in zip(chunk, frames, maps, scores):
+                if not (np.isfinite(score) and np.isfinite(amap).all()):
+                    raise EdgeError(f"engine returned a non-finite {'score' if not np.isfinite(score) else 'anomaly map'} "
+                                    f"(score {score}): a fault, never a pass", p)
                 reject = bool(score >= thr)
                 rejects += reject
                 print(f"{p}\t{score:.4f}\t{'REJECT' if reject else 'ok'}")

@@ -5,6 +5,8 @@ Mahalanobis distance to the Gaussian of its position."""
 import torch
 from torch import nn
 
+from . import param
+
 
 class MahalanobisHead(nn.Module):
     """Per-position Mahalanobis distance, exported as a batched MatMul over positions."""
@@ -28,9 +30,9 @@ class Padim:
     pool = False   # PaDiM models each position's own features, no neighbourhood averaging
 
     def __init__(self, dims=100, reg=0.01, seed=0):
-        self.dims = int(dims)
-        self.reg = float(reg)
-        self.seed = int(seed)
+        self.dims = param(dims, "dims", int, 1)
+        self.reg = param(reg, "reg", float, 0, lo_open=True)
+        self.seed = param(seed, "seed", int, 0)
 
     def fit(self, emb, progress=None):
         n, c, h, w = emb.shape

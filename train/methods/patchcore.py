@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from . import param
+
 
 def greedy_coreset(x, k, dims=32, seed=0, progress=None):
     """Indices of k rows of x chosen by greedy k-centre selection (farthest point first).
@@ -57,13 +59,13 @@ class NearestNeighbourHead(nn.Module):
 class PatchCore:
     name = "patchcore"
     def __init__(self, coreset_ratio=0.1, max_bank=4096, coreset_dims=32, seed=0, pool=0):
-        self.coreset_ratio = float(coreset_ratio)
-        self.max_bank = int(max_bank)
-        self.coreset_dims = int(coreset_dims)
-        self.seed = int(seed)
+        self.coreset_ratio = param(coreset_ratio, "coreset_ratio", float, 0, 1, lo_open=True)
+        self.max_bank = param(max_bank, "max_bank", int, 1)
+        self.coreset_dims = param(coreset_dims, "coreset_dims", int, 1)
+        self.seed = param(seed, "seed", int, 0)
         # PatchCore's 3x3 neighbourhood averaging; off by default: on paper impurities (small
         # dots) it blurred defects away (mean image AUROC on PIPED 0.96 with, 0.99 without).
-        self.pool = bool(pool)
+        self.pool = bool(param(pool, "pool", int, 0, 1))
         self.bank = None
         self.hw = None
 
