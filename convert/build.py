@@ -238,6 +238,26 @@ def serialize_plan(trt, graph_path, batches, precision="fp32", workspace_mb=None
     return bytes(memoryview(plan)), info
 
 
+def check_graph_floor(bundle, precision, graph, trt_version):
+    """EdgeError when the graph needs a newer TensorRT than this one: the manifest records
+    the oldest TensorRT that parses each graph (graphs.<precision>.min_tensorrt); for a bundle
+    made before that, it is worked out from the graph where onnx is installed."""
+    from convert.graphcheck import tensorrt_floor, version_tuple
+
+    entry = bundle.manifest.get("graphs", {}).get(precision)
+    floor = dict(entry) if isinstance(entry, dict) and entry.get("min_tensorrt") else tensorrt_floor(graph)
+    need = floor.get("min_tensorrt")
+    try:
+        too_old = need is not None and version_tuple(trt_version) < version_tuple(need)
+    except ValueError:
+        return
+    if too_old:
+        why = ", ".join(floor.get("min_tensorrt_ops") or []) or "its ops"
+        raise EdgeError(f"the {precision} graph needs TensorRT {need} or newer ({why}); this box has "
+                        f"TensorRT {trt_version}: export without those ops or move to a newer JetPack",
+                        graph)
+
+
 def build_plan(bundle, precision="fp32", batches=(1, 1, 1), workspace_mb=None, dla=None,
                force=False, check_only=False, device=None, trt=None, verbose=False, log=print):
     """Build (or reuse) the plan for `bundle` on this device. Returns a dict: plan (path or None
@@ -249,10 +269,11 @@ def build_plan(bundle, precision="fp32", batches=(1, 1, 1), workspace_mb=None, d
         raise EdgeError(f"unknown precision '{precision}' (choose from: {', '.join(PRECISIONS)})")
     check_dla_batches(dla, batches)
     trt = trt or import_builder_trt(allow_rtx=check_only)
+    graph = bundle.graph_path(precision)
     if pk.runtime_name(trt) == "tensorrt":
         from edge.engines.tensorrt import check_tensorrt_version
         check_tensorrt_version(trt)
-    graph = bundle.graph_path(precision)
+        check_graph_floor(bundle, precision, graph, trt.__version__)
     if device is None:
         device = detect_device()
     if device is None:
@@ -321,9 +342,14 @@ def run(args):
     for p in precisions:
         if p not in PRECISIONS:
             raise EdgeError(f"unknown precision '{p}' (choose from: {', '.join(PRECISIONS)})")
+    try:
+        import tensorrt
+        target = tensorrt.__version__                 # check for the TensorRT that builds here
+    except ImportError:
+        target = None                                 # JetPack 6's (graphcheck's default)
     for p in precisions:
         graph = bundle.graph_path(p)
-        for problem in check_graph(graph):
+        for problem in check_graph(graph, tensorrt=target):
             print(f"warning: {os.path.basename(graph)}: {problem}")
         build_plan(bundle, p, batches, workspace_mb=args.workspace, dla=args.dla, force=args.force,
                    check_only=args.check, verbose=args.verbose)
