@@ -297,3 +297,23 @@ def test_cuda_python_stream_handle_is_the_native_handle(monkeypatch):
     back, device = out["result"]
     np.testing.assert_array_equal(back, [5, 6, 7])
     assert device == 1
+
+
+# ---- on a real GPU ---------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_real_engine_infers_on_another_thread(tmp_path):
+    from convert import build as cb
+    from edge.bundle import Bundle
+    from edge.engines import open_engine
+
+    bundle = Bundle(graphs.make_bundle(str(tmp_path / "b"), ("fp32",)))
+    cb.build_plan(bundle, "fp32", (1, 4, 4), log=lambda *a: None)
+    frames = graphs.random_frames(5)
+    with open_engine(bundle, "tensorrt", precision="fp32", batch=4) as engine:
+        m0, s0 = engine.infer(frames)
+        out = run_in_thread(lambda: engine.infer(frames))
+        assert "error" not in out, out.get("error")
+        np.testing.assert_array_equal(out["result"][0], m0)
+        np.testing.assert_array_equal(out["result"][1], s0)
+    with pytest.raises(EdgeError, match="closed"):
+        engine.infer(frames)
