@@ -280,3 +280,22 @@ def test_tensorrt_older_than_10_3_is_refused(monkeypatch):
         t.import_tensorrt()
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0.30"))
     assert t.import_tensorrt().__version__ == "10.3.0.30"
+
+
+def test_edge_check_looks_for_the_configs_dla_plan(setup, tmp_path, capsys):
+    import argparse
+
+    import yaml
+
+    from edge import health
+
+    t, api, bundle, add_plan = setup
+    add_plan(2, 2, dla=0)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"bundle": bundle.path, "source": str(tmp_path),
+                                      "engine": {"kind": "tensorrt", "precision": "fp32", "batch": 2, "dla": 0}}))
+    parser = argparse.ArgumentParser()
+    health.add_arguments(parser)
+    health.run(parser.parse_args(["--config", str(config), "--min-free-mb", "0"]))
+    engine_line = next(line for line in capsys.readouterr().out.splitlines() if " engine " in line)
+    assert engine_line.startswith("ok") and "_dla0_b2-2_" in engine_line, engine_line
