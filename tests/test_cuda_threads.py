@@ -11,6 +11,7 @@ The device's memory is host memory, so the TensorRT engine runs end to end (its 
 the graph with ONNX Runtime, as in test_trt_engine.py)."""
 
 import ctypes
+import os
 import sys
 import threading
 import types
@@ -194,8 +195,7 @@ def test_tensorrt_engine_opened_on_main_thread_infers_on_another(pycuda_api, tmp
     trt = fake_trt(1, 4, stream_handle=4321)
     monkeypatch.setattr(t, "import_tensorrt", lambda: trt)
     key = pk.make_key(trt, DEVICE, "fp32", (1, 4, 4), pk.graph_sha256(bundle, "fp32"))
-    path = pk.plans_dir(bundle.path) + "/" + key.filename()
-    import os
+    path = os.path.join(pk.plans_dir(bundle.path), key.filename())
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(bundle.graph_path("fp32").encode())
