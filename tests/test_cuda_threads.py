@@ -19,7 +19,7 @@ import types
 import numpy as np
 import pytest
 
-from edge.errors import EdgeError
+from edge.common.errors import EdgeError
 from tests import graphs
 
 pytest.importorskip("onnxruntime")
@@ -186,7 +186,7 @@ def test_tensorrt_engine_opened_on_main_thread_infers_on_another(pycuda_api, tmp
     """The service opens the engine on the main thread (open_parts) and infers on the
     pipeline's edge-infer thread."""
     import edge.engines.tensorrt as t
-    from edge.bundle import Bundle
+    from edge.bundle.manifest import Bundle
     from edge.engines import plan_key as pk
     from tests.test_trt_engine import DEVICE, fake_trt
 
@@ -303,7 +303,7 @@ def test_cuda_python_stream_handle_is_the_native_handle(monkeypatch):
 @pytest.mark.gpu
 def test_real_engine_infers_on_another_thread(tmp_path):
     from convert import build as cb
-    from edge.bundle import Bundle
+    from edge.bundle.manifest import Bundle
     from edge.engines import open_engine
 
     bundle = Bundle(graphs.make_bundle(str(tmp_path / "b"), ("fp32",)))

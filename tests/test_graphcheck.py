@@ -119,8 +119,8 @@ def test_build_refuses_a_graph_newer_than_this_tensorrt(tmp_path):
     import types
 
     from convert import build as cb
-    from edge.bundle import Bundle
-    from edge.errors import EdgeError
+    from edge.bundle.manifest import Bundle
+    from edge.common.errors import EdgeError
 
     bundle = Bundle(graphs.make_bundle(str(tmp_path / "b")))
     bundle.manifest["graphs"]["fp32"].update(min_tensorrt="10.5", min_tensorrt_ops=["STFT"])

@@ -228,8 +228,8 @@ def test_closed_engine_refuses_infer_and_frees_once(setup):
 def test_dla_plan_found_through_the_run_config(setup, tmp_path):
     """engine.dla in the run configuration reaches the plan lookup (a DLA plan has dla=0 in
     its key) and the runtime's DLA core, the way `edge run` opens its parts."""
-    from edge import config as config_mod
-    from edge.run import close_parts, open_parts
+    from edge.runtime import config as config_mod
+    from edge.runtime.run import close_parts, open_parts
 
     t, api, bundle, add_plan = setup
     add_plan(2, 2, dla=0)                              # DLA plans have one static batch
@@ -287,7 +287,7 @@ def test_edge_check_looks_for_the_configs_dla_plan(setup, tmp_path, capsys):
 
     import yaml
 
-    from edge import health
+    from edge.tools import check as health
 
     t, api, bundle, add_plan = setup
     add_plan(2, 2, dla=0)

@@ -127,7 +127,7 @@ def main(argv=None):
     if args.what == "dla-cores":
         print(dla_cores())
         return 0
-    from edge.bundle import Bundle
+    from edge.bundle.manifest import Bundle
 
     bundle = Bundle(args.bundle)
     if args.what == "threads":
