@@ -117,7 +117,7 @@ if [ "$JETSON" -eq 1 ]; then
     # What JetPack does not ship: the line outputs and a CUDA binding for TensorRT's buffers,
     # the binding pinned to this JetPack's CUDA major (and numpy kept at JetPack's 1.x).
     read -r -a pins <<< "$JETSON_PINS"
-    "$VENV/bin/python" -m pip install --upgrade "pymodbus>=3.6" "paho-mqtt>=2.0" asyncua pyserial "${pins[@]}"
+    "$VENV/bin/python" -m pip install --upgrade "pymodbus>=3.6" "paho-mqtt>=2.0" asyncua cryptography pyserial "${pins[@]}"
     "$VENV/bin/python" "$HERE/jetpack.py" check
 else
     "$VENV/bin/python" -m pip install --upgrade "${SRC}[ort,line]"
