@@ -12,7 +12,8 @@ Precision lives in the graph (FP16 casts, INT8 Q/DQ pairs), so networks are crea
 typed where TensorRT offers it (TensorRT 11 has nothing else) and the deprecated FP16/INT8
 builder flags and calibrators are never used on the GPU. DLA is the exception: TensorRT 10's
 DLA needs a weakly typed network with the FP16 (and for int8, INT8) builder flags; with
---dla that is what is built, with GPU fallback on. A TensorRT without those flags refuses --dla.
+--dla that is what is built, with GPU fallback on, for one static batch (DLA runs only
+min = opt = max shapes: a range is refused). A TensorRT without those flags refuses --dla.
 
 Without `tensorrt`, `--check` falls back to `tensorrt_rtx` (TensorRT for RTX, PyPI): it shares
 TensorRT's ONNX parser and builder front end and builds without a GPU, so it checks that a
@@ -180,9 +181,29 @@ def _configure_dla(trt, builder, config, dla, precision, graph_path):
             config.set_flag(trt.BuilderFlag.INT8)   # explicit Q/DQ in the graph; no calibrator
 
 
+def dla_layers(config, network):
+    """(layers DLA can run, all layers) for a DLA-configured build, or None where the
+    builder cannot say. With GPU fallback on, the rest runs on the GPU."""
+    can = getattr(config, "can_run_on_DLA", None)
+    if can is None:
+        return None
+    n = network.num_layers
+    return sum(1 for i in range(n) if can(network.get_layer(i))), n
+
+
+def check_dla_batches(dla, batches):
+    """DLA runs only static shapes (min = opt = max); a batch range would put every layer on
+    the GPU through the fallback while the plan is still named for DLA."""
+    if dla is not None and batches[0] != batches[2]:
+        raise EdgeError(f"--dla needs one static batch: DLA runs only min = opt = max shapes, so a "
+                        f"range ({batches[0]}-{batches[2]}) would run every layer on the GPU; build "
+                        f"with --batch {batches[2]} --dla {dla} (smaller batches are padded)")
+
+
 def serialize_plan(trt, graph_path, batches, precision="fp32", workspace_mb=None, dla=None,
                    timing_cache=None, verbose=False, log=print):
     """Parse the graph and build a serialised plan; returns (plan bytes, info dict)."""
+    check_dla_batches(dla, batches)
     logger = _logger(trt, verbose)
     builder = trt.Builder(logger)
     use_dla = dla is not None
@@ -191,8 +212,15 @@ def serialize_plan(trt, graph_path, batches, precision="fp32", workspace_mb=None
     if workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     add_profile(trt, builder, config, network, batches, graph_path)
+    dla_count = None
     if use_dla:
         _configure_dla(trt, builder, config, int(dla), precision, graph_path)
+        dla_count = dla_layers(config, network)
+        if dla_count is not None:
+            if dla_count[0] == 0:
+                raise EdgeError(f"no layer of this graph can run on DLA core {dla}; build for the "
+                                "GPU (no --dla)", graph_path)
+            log(f"DLA core {dla}: {dla_count[0]} of {dla_count[1]} layers on DLA, the rest on the GPU")
     load_timing_cache(config, timing_cache, log)
     t0 = time.monotonic()
     plan = builder.build_serialized_network(network, config)
@@ -205,7 +233,29 @@ def serialize_plan(trt, graph_path, batches, precision="fp32", workspace_mb=None
     info = {"build_seconds": round(seconds, 3),
             "strongly_typed": (not use_dla) and strongly_typed_flag(trt) is not None,
             "workspace_mb": workspace_mb, "builder": f"{pk.runtime_name(trt)} {trt.__version__}"}
+    if dla_count is not None:
+        info["dla_layers"], info["layers"] = dla_count
     return bytes(memoryview(plan)), info
+
+
+def check_graph_floor(bundle, precision, graph, trt_version):
+    """EdgeError when the graph needs a newer TensorRT than this one: the manifest records
+    the oldest TensorRT that parses each graph (graphs.<precision>.min_tensorrt); for a bundle
+    made before that, it is worked out from the graph where onnx is installed."""
+    from convert.graphcheck import tensorrt_floor, version_tuple
+
+    entry = bundle.manifest.get("graphs", {}).get(precision)
+    floor = dict(entry) if isinstance(entry, dict) and entry.get("min_tensorrt") else tensorrt_floor(graph)
+    need = floor.get("min_tensorrt")
+    try:
+        too_old = need is not None and version_tuple(trt_version) < version_tuple(need)
+    except ValueError:
+        return
+    if too_old:
+        why = ", ".join(floor.get("min_tensorrt_ops") or []) or "its ops"
+        raise EdgeError(f"the {precision} graph needs TensorRT {need} or newer ({why}); this box has "
+                        f"TensorRT {trt_version}: export without those ops or move to a newer JetPack",
+                        graph)
 
 
 def build_plan(bundle, precision="fp32", batches=(1, 1, 1), workspace_mb=None, dla=None,
@@ -217,8 +267,13 @@ def build_plan(bundle, precision="fp32", batches=(1, 1, 1), workspace_mb=None, d
         bundle = Bundle(bundle)
     if precision not in PRECISIONS:
         raise EdgeError(f"unknown precision '{precision}' (choose from: {', '.join(PRECISIONS)})")
+    check_dla_batches(dla, batches)
     trt = trt or import_builder_trt(allow_rtx=check_only)
     graph = bundle.graph_path(precision)
+    if pk.runtime_name(trt) == "tensorrt":
+        from edge.engines.tensorrt import check_tensorrt_version
+        check_tensorrt_version(trt)
+        check_graph_floor(bundle, precision, graph, trt.__version__)
     if device is None:
         device = detect_device()
     if device is None:
@@ -270,7 +325,8 @@ def add_arguments(parser):
     parser.add_argument("--workspace", type=int, metavar="MB",
                         help="builder workspace limit in MiB (default: TensorRT's)")
     parser.add_argument("--dla", type=int, metavar="N",
-                        help="build for DLA core N with GPU fallback (Jetson; fp16/int8 only)")
+                        help="build for DLA core N with GPU fallback (Jetson; fp16/int8 only; one "
+                             "static batch: --batch 4 --dla 0)")
     parser.add_argument("--force", action="store_true", help="rebuild even when a cached plan fits")
     parser.add_argument("--check", action="store_true",
                         help="parse and build without saving; needs no GPU (falls back to tensorrt-rtx)")
@@ -286,9 +342,14 @@ def run(args):
     for p in precisions:
         if p not in PRECISIONS:
             raise EdgeError(f"unknown precision '{p}' (choose from: {', '.join(PRECISIONS)})")
+    try:
+        import tensorrt
+        target = tensorrt.__version__                 # check for the TensorRT that builds here
+    except ImportError:
+        target = None                                 # JetPack 6's (graphcheck's default)
     for p in precisions:
         graph = bundle.graph_path(p)
-        for problem in check_graph(graph):
+        for problem in check_graph(graph, tensorrt=target):
             print(f"warning: {os.path.basename(graph)}: {problem}")
         build_plan(bundle, p, batches, workspace_mb=args.workspace, dla=args.dla, force=args.force,
                    check_only=args.check, verbose=args.verbose)

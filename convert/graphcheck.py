@@ -6,14 +6,20 @@
 What it checks:
   * interface: one input `frames` uint8 N x H x W x 3, outputs `anomaly_map` float32 N x H x W
     and `score` float32 N; only the batch dimension may be dynamic, H and W fixed and matching;
-  * every op of the default domain is in TensorRT's ONNX parser support list (TensorRT 10),
-    and none is data-dependent control flow or has a data-dependent output shape;
-  * the default-domain opset is within what TensorRT 10 parses;
+  * every op of the default domain is parsed by the TensorRT version checked for (default
+    10.3, what JetPack 6.1 and 6.2 ship), and none is data-dependent control flow or has a
+    data-dependent output shape;
+  * the default-domain opset is within what that TensorRT parses;
   * initializers: count and bytes (a protobuf over 2 GiB cannot be one file).
 
-The op list is written from onnx-tensorrt's docs/operators.md for TensorRT 10 (the "Y" rows).
-TensorRT's own parser stays the authority: `edge build BUNDLE --check` parses and builds the
-graph with the TensorRT (or TensorRT-RTX) found here without needing a GPU.
+It also gives the oldest TensorRT that parses the graph (`min_tensorrt`), which the bundle's
+manifest records per graph (graphs.<precision>.min_tensorrt) so that `edge build` on an older
+TensorRT refuses at once, naming the ops.
+
+The op list is written from onnx-tensorrt's docs/operators.md for TensorRT 10 (the "Y" rows),
+and the release each later op arrived in from onnx-tensorrt's changelog. TensorRT's own parser
+stays the authority: `edge build BUNDLE --check` parses and builds the graph with the TensorRT
+(or TensorRT-RTX) found here without needing a GPU.
 """
 
 import argparse
@@ -21,12 +27,28 @@ import os
 import sys
 from collections import defaultdict
 
-# Default-domain opsets that TensorRT 10's parser accepts. 10.0 documents 9 to 20; later
-# 10.x releases go to 24. JetPack 6 ships 10.3, so 20 is the safe ceiling for a Jetson.
-MIN_OPSET = 9
-MAX_OPSET = 20
+# The TensorRT a graph is checked for by default: JetPack 6.1 and 6.2 ship 10.3, the oldest
+# the toolkit supports (deploy/jetpack.py).
+DEFAULT_TENSORRT = "10.3"
 
-# ONNX operators that TensorRT 10's ONNX parser imports ("Y" in onnx-tensorrt's operators.md).
+# Default-domain opsets TensorRT's parser accepts, by the release that raised the ceiling:
+# 10.0 documents 9 to 20, 10.9 goes to 22, 10.13 to 24.
+MIN_OPSET = 9
+OPSET_CEILING = (((10, 0), 20), ((10, 9), 22), ((10, 13), 24))
+MAX_OPSET = 20          # the ceiling for DEFAULT_TENSORRT
+
+# Ops of the list below that TensorRT 10.0 did not parse yet: the release that added each
+# (onnx-tensorrt's changelog). JetPack 6's 10.3 parses none of those after 10.1.
+OP_SINCE = {
+    "DeformConv": (10, 1),
+    "BlackmanWindow": (10, 4), "HammingWindow": (10, 4), "HannWindow": (10, 4),
+    "STFT": (10, 5),
+    "Attention": (10, 14),
+    "RotaryEmbedding": (10, 15), "RMSNormalization": (10, 15), "TensorScatter": (10, 15),
+}
+
+# ONNX operators that some TensorRT 10 parser imports ("Y" in onnx-tensorrt's operators.md);
+# OP_SINCE says which arrived after 10.0.
 TRT10_SUPPORTED = frozenset("""
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
 BlackmanWindow Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose
@@ -43,10 +65,41 @@ ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign Round
 ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size
 Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh
 ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
-""".split())
+""".split()) | frozenset(OP_SINCE)
 
-# Parsed only by late TensorRT 10 releases (the LLM ops of 10.14/10.15): not on JetPack 6.
-TRT10_LATE = frozenset("Attention RotaryEmbedding RMSNormalization TensorScatter".split())
+
+def version_tuple(version):
+    """'10.3.0.30' -> (10, 3); None for None."""
+    if version is None:
+        return None
+    if isinstance(version, (tuple, list)):
+        return tuple(int(x) for x in version[:2])
+    parts = str(version).split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise ValueError(f"not a TensorRT version: {version!r}") from None
+
+
+def version_text(v):
+    return f"{v[0]}.{v[1]}"
+
+
+def opset_ceiling(trt):
+    """The highest default-domain opset the TensorRT version `trt` (a tuple) parses."""
+    ceiling = OPSET_CEILING[0][1]
+    for since, top in OPSET_CEILING:
+        if trt >= since:
+            ceiling = top
+    return ceiling
+
+
+def opset_needs(opset):
+    """The oldest TensorRT release whose parser takes this opset (None: none known does)."""
+    for since, top in OPSET_CEILING:
+        if opset <= top:
+            return since
+    return None
 
 # Control flow and ops whose output shape depends on the data: TensorRT may parse some of
 # them, but they defeat static shapes, profiles and DLA, and the runtime does not handle them.
@@ -148,9 +201,17 @@ def _check_interface(graph, problems):
             problems.append(f"unexpected output '{name}' (the interface has anomaly_map and score)")
 
 
-def inspect_graph(path, max_opset=MAX_OPSET, min_opset=MIN_OPSET):
-    """(problems, summary). Never raises; an unreadable graph is a problem."""
+def inspect_graph(path, max_opset=None, min_opset=MIN_OPSET, tensorrt=DEFAULT_TENSORRT):
+    """(problems, summary) for the graph checked against TensorRT version `tensorrt` (e.g.
+    "10.3"; the opset ceiling follows from it unless max_opset is given). summary holds
+    min_tensorrt, the oldest TensorRT that parses the graph, and min_tensorrt_ops, why.
+    Never raises; an unreadable graph is a problem."""
     summary = {"path": path}
+    trt = version_tuple(tensorrt or DEFAULT_TENSORRT)
+    trt_name = version_text(trt)
+    if max_opset is None:
+        max_opset = opset_ceiling(trt)
+    floor, floor_why = (10, 0), []
     try:
         import onnx
     except ImportError:
@@ -169,8 +230,11 @@ def inspect_graph(path, max_opset=MAX_OPSET, min_opset=MIN_OPSET):
         if imp.domain in ("", "ai.onnx"):
             summary["opset"] = imp.version
             if not min_opset <= imp.version <= max_opset:
-                problems.append(f"opset {imp.version} is outside what TensorRT 10 parses "
+                problems.append(f"opset {imp.version} is outside what TensorRT {trt_name} parses "
                                 f"({min_opset}-{max_opset})")
+            need = opset_needs(imp.version)
+            if need is not None and need > floor:
+                floor, floor_why = need, [f"opset {imp.version}"]
         elif imp.domain != "ai.onnx.ml" or any(n.domain == imp.domain for n in graph.node):
             problems.append(f"custom op domain '{imp.domain}' (TensorRT needs a plugin for it)")
 
@@ -183,22 +247,31 @@ def inspect_graph(path, max_opset=MAX_OPSET, min_opset=MIN_OPSET):
         n_nodes += 1
         if node.domain not in ("", "ai.onnx"):
             custom[f"{node.domain}::{node.op_type}"].append(node.name)
-        elif node.op_type in DATA_DEPENDENT:
+            continue
+        since = OP_SINCE.get(node.op_type)
+        if since is not None:
+            if since > floor:
+                floor, floor_why = since, []
+            if since == floor and node.op_type not in floor_why:
+                floor_why.append(node.op_type)
+        if node.op_type in DATA_DEPENDENT:
             dynamic[node.op_type].append(node.name)
-        elif node.op_type in TRT10_LATE:
-            late[node.op_type].append(node.name)
         elif node.op_type not in TRT10_SUPPORTED:
             unsupported[node.op_type].append(node.name)
+        elif since is not None and since > trt:
+            late[node.op_type].append(node.name)
     for op, names in sorted(dynamic.items()):
         problems.append(f"{op} is data-dependent control flow or shape; keep graphs static "
                         f"({_names(names)})")
     for op, names in sorted(unsupported.items()):
         problems.append(f"{op} is not supported by TensorRT's ONNX parser ({_names(names)})")
     for op, names in sorted(late.items()):
-        problems.append(f"{op} is parsed only by TensorRT 10.14+ (not JetPack 6's 10.3) "
-                        f"({_names(names)})")
+        problems.append(f"{op} is parsed only by TensorRT {version_text(OP_SINCE[op])}+, not by "
+                        f"{trt_name} ({_names(names)})")
     for op, names in sorted(custom.items()):
         problems.append(f"{op} is a custom-domain op (TensorRT needs a plugin) ({_names(names)})")
+    summary["min_tensorrt"] = version_text(floor)
+    summary["min_tensorrt_ops"] = floor_why
     summary["nodes"] = n_nodes
     summary["ops"] = sorted({n.op_type for n in _walk_nodes(graph)})
 
@@ -222,12 +295,28 @@ def inspect_graph(path, max_opset=MAX_OPSET, min_opset=MIN_OPSET):
     return problems, summary
 
 
-def check_graph(path, max_opset=MAX_OPSET, min_opset=MIN_OPSET):
-    """Problems with the graph at `path` as one-line strings; [] when none. Never raises."""
+def check_graph(path, max_opset=None, min_opset=MIN_OPSET, tensorrt=DEFAULT_TENSORRT):
+    """Problems with the graph at `path` for TensorRT `tensorrt`, as one-line strings; []
+    when none. Never raises."""
     try:
-        return inspect_graph(path, max_opset, min_opset)[0]
+        return inspect_graph(path, max_opset, min_opset, tensorrt)[0]
     except Exception as exc:  # a malformed graph must not crash the caller
         return [f"graph check failed: {type(exc).__name__}: {exc}"]
+
+
+def tensorrt_floor(path):
+    """{"min_tensorrt": "10.x", "min_tensorrt_ops": [...]} for the graph's manifest entry: the
+    oldest TensorRT whose parser takes its ops and opset ({} when the graph cannot be read)."""
+    try:
+        _, summary = inspect_graph(path)
+    except Exception:
+        return {}
+    if "min_tensorrt" not in summary:
+        return {}
+    out = {"min_tensorrt": summary["min_tensorrt"]}
+    if summary["min_tensorrt_ops"]:
+        out["min_tensorrt_ops"] = summary["min_tensorrt_ops"]
+    return out
 
 
 def _size(n):
@@ -242,18 +331,25 @@ def format_summary(summary):
     return (f"opset {summary.get('opset', '?')}, {summary.get('nodes', 0)} nodes, "
             f"{summary.get('initializers', 0)} initializers ({_size(summary.get('initializer_bytes', 0))}"
             f"{'; external data' if summary.get('external_data') else ''})"
-            + (f"; largest: {largest}" if largest else ""))
+            + (f"; largest: {largest}" if largest else "")
+            + (f"; parses with TensorRT {summary['min_tensorrt']}+" if "min_tensorrt" in summary else ""))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m convert.graphcheck", description=__doc__.split("\n")[0])
     ap.add_argument("graphs", nargs="+", help="ONNX files")
-    ap.add_argument("--max-opset", type=int, default=MAX_OPSET)
+    ap.add_argument("--tensorrt", default=DEFAULT_TENSORRT, metavar="VERSION",
+                    help=f"the TensorRT to check for (default {DEFAULT_TENSORRT}, JetPack 6.1/6.2)")
+    ap.add_argument("--max-opset", type=int, help="override the opset ceiling of that TensorRT")
     args = ap.parse_args(argv)
+    try:
+        version_tuple(args.tensorrt)
+    except ValueError as exc:
+        ap.error(str(exc))
     bad = 0
     for path in args.graphs:
         try:
-            problems, summary = inspect_graph(path, args.max_opset)
+            problems, summary = inspect_graph(path, args.max_opset, tensorrt=args.tensorrt)
         except Exception as exc:
             problems, summary = [f"graph check failed: {exc}"], {}
         print(f"{path}: {format_summary(summary)}")

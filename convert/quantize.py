@@ -426,7 +426,11 @@ def quantize_bundle(bundle_path, precision, calib_images=DEFAULT_CALIB_IMAGES, c
             label = f"{precision} ({engine})" if engine else precision
             checked, ref = _check_variant(bundle, tmp, precision, trt, eval_data, max_drop, batch, threads, ref,
                                           label, for_tensorrt=engine is None)
-            entries.append({"file": name, "source": "model.onnx", **details, **checked})
+            floor = {}
+            if engine is None:                       # the graph TensorRT takes
+                from convert.graphcheck import tensorrt_floor
+                floor = tensorrt_floor(tmp)
+            entries.append({"file": name, "source": "model.onnx", **floor, **details, **checked})
         # Commit: drop any old entry first, so that a crash between the steps leaves a
         # consistent bundle (without the variant) rather than a stale checksum.
         # Every file the precision may have had (an older run may have written the ORT graph).

@@ -60,11 +60,18 @@ if [ -f /etc/nv_tegra_release ] || dpkg-query -W -f='${Status}' nvidia-l4t-core 
     JETSON=1
 fi
 log "box: $([ "$JETSON" -eq 1 ] && echo "Jetson ($(head -n 1 /etc/nv_tegra_release 2>/dev/null || echo L4T))" || echo "no Jetson: ONNX Runtime")"
+if [ "$JETSON" -eq 1 ]; then
+    # The pins for this JetPack (deploy/jetpack.py keeps the one table); refuses an
+    # unsupported release (JetPack 6.0's TensorRT 8.6) before anything is changed.
+    JETSON_PINS=$(python3 "$HERE/jetpack.py" pins) || exit 1
+    log "pins for this JetPack: $JETSON_PINS"
+fi
 
 # ---- system packages --------------------------------------------------------------------
 if [ "$APT" -eq 1 ]; then
     pkgs=(python3-venv python3-pip python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
-          gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good sqlite3)
+          gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+          gstreamer1.0-plugins-bad sqlite3)
     if [ "$JETSON" -eq 1 ]; then
         # JetPack's own TensorRT bindings, OpenCV (built with GStreamer) and numpy.
         pkgs+=(python3-libnvinfer python3-numpy python3-yaml libopencv-python)
@@ -107,9 +114,11 @@ fi
 log "install: $SRC"
 if [ "$JETSON" -eq 1 ]; then
     "$VENV/bin/python" -m pip install --upgrade --no-deps "$SRC"
-    # What JetPack does not ship: the line outputs and a CUDA binding for TensorRT's buffers.
-    "$VENV/bin/python" -m pip install --upgrade "pymodbus>=3.6" "paho-mqtt>=2.0" asyncua pyserial cuda-python
-    "$VENV/bin/python" -c "import tensorrt, cv2, numpy, yaml; print('tensorrt', tensorrt.__version__, '| cv2', cv2.__version__)"
+    # What JetPack does not ship: the line outputs and a CUDA binding for TensorRT's buffers,
+    # the binding pinned to this JetPack's CUDA major (and numpy kept at JetPack's 1.x).
+    read -r -a pins <<< "$JETSON_PINS"
+    "$VENV/bin/python" -m pip install --upgrade "pymodbus>=3.6" "paho-mqtt>=2.0" asyncua cryptography pyserial "${pins[@]}"
+    "$VENV/bin/python" "$HERE/jetpack.py" check
 else
     "$VENV/bin/python" -m pip install --upgrade "${SRC}[ort,line]"
 fi
@@ -127,6 +136,8 @@ LINESIDE_ROOT=$ROOT
 # The TensorRT plan that ExecStartPre builds: precision and batch range as in config.yaml's engine:
 EDGE_PRECISION=fp16
 EDGE_BATCH=1,4
+# More \`edge build\` options, e.g. for a DLA plan (one static batch, so EDGE_BATCH=4 then):
+#EDGE_BUILD_ARGS=--dla 0
 # Options for the watchdog's \`edge check --config ...\` (e.g. add --max-age 600 on a line that never idles)
 HEALTH_ARGS=--engine none
 EOF

@@ -1,5 +1,6 @@
 """Shared test set-up: the repository root on sys.path (for tests.graphs) and the `gpu` marker
-(declared in setup.cfg) skipped where there is no CUDA device or no TensorRT."""
+(declared in setup.cfg): skipped where TensorRT is not installed, failed where it is but no
+CUDA binding or device can run it (that is a broken box, not a machine without a GPU)."""
 
 import os
 import sys
@@ -11,25 +12,32 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 
-def _gpu_ready():
-    try:
-        import tensorrt  # noqa: F401
-    except Exception:
-        return False, "TensorRT is not installed"
-    from edge.engines.cuda import cuda_available
+_GPU_STATE = []
 
-    if not cuda_available():
-        return False, "no CUDA device"
-    return True, ""
+
+def gpu_state():
+    """("run", ""), ("skip", why) where TensorRT is not installed, or ("fail", why) where it
+    is but no CUDA binding and device can run it: gpu tests then fail instead of skipping."""
+    if not _GPU_STATE:
+        from tests.gpu.compare_trt_ort import gpu_state as state
+        _GPU_STATE.append(state())
+    return _GPU_STATE[0]
 
 
 def pytest_collection_modifyitems(config, items):
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return
-    ok, why = _gpu_ready()
-    if ok:
+    state, why = gpu_state()
+    if state != "skip":
         return
     skip = pytest.mark.skip(reason=f"needs an NVIDIA GPU with TensorRT ({why})")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu"):
+        state, why = gpu_state()
+        if state == "fail":
+            pytest.fail(why, pytrace=False)

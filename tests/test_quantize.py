@@ -70,9 +70,12 @@ def test_split_keeps_head_out_of_backbone(trained):
 def test_variants_recorded_in_manifest(variants):
     b = Bundle(variants)                                   # verifies every sha256
     assert set(b.precisions()) == {"fp32", "fp16", "int8"}
+    # the oldest TensorRT each graph parses with (JetPack 6's 10.3 takes them all)
+    assert b.manifest["graphs"]["fp32"]["min_tensorrt"] == "10.0"
     for p, name in (("fp16", "model.fp16.onnx"), ("int8", "model.int8.onnx")):
         entry = b.manifest["graphs"][p]
         assert entry["file"] == name and name in b.manifest["files"]
+        assert entry["min_tensorrt"] == "10.0" and "min_tensorrt" not in entry.get("onnxruntime", {})
         acc = entry["accuracy"]
         for key in ("image_auroc", "image_auroc_fp32", "auroc_drop", "max_score_diff", "max_map_diff"):
             assert key in acc, (p, key)

@@ -178,3 +178,44 @@ def test_rtsp_through_opencv_ffmpeg():
         src.close()
         server.stop()
     assert w.frames[0].image.shape == (120, 160, 3)
+
+
+def _sample(w, h, fmt, data, stride=None, offset=0):
+    import gi
+    gi.require_version("Gst", "1.0")
+    gi.require_version("GstVideo", "1.0")
+    from gi.repository import Gst, GstVideo
+    Gst.init(None)
+    buf = Gst.Buffer.new_wrapped(bytes(data))
+    if stride is not None:
+        GstVideo.buffer_add_video_meta_full(buf, GstVideo.VideoFrameFlags.NONE,
+                                            getattr(GstVideo.VideoFormat, fmt), w, h, 1,
+                                            [offset, 0, 0, 0], [stride, 0, 0, 0])
+    caps = Gst.Caps.from_string(f"video/x-raw,format={fmt},width={w},height={h},framerate=0/1")
+    return Gst.Sample.new(buf, caps, None, None)
+
+
+def test_row_stride_from_the_buffers_video_meta():
+    """A buffer whose rows and planes are padded beyond the caps' default layout (as NVIDIA's
+    converters deliver them) is read through its video meta, not guessed from its size."""
+    require_gst()
+    from edge.sources.gst import _sample_to_rgb
+
+    w, h, stride, offset = 5, 3, 32, 64
+    img = np.arange(h * w * 3, dtype=np.uint8).reshape(h, w, 3)
+    raw = np.full(offset + stride * h + 100, 0xEE, np.uint8)          # padding everywhere
+    for y in range(h):
+        raw[offset + y * stride: offset + y * stride + w * 3] = img[y].reshape(-1)
+    np.testing.assert_array_equal(_sample_to_rgb(_sample(w, h, "RGB", raw, stride, offset)), img)
+    # BGRx without a meta: the caps' layout (4 bytes a pixel, no padding needed)
+    bgrx = np.zeros((h, w, 4), np.uint8)
+    bgrx[..., :3] = img[..., ::-1]
+    np.testing.assert_array_equal(_sample_to_rgb(_sample(w, h, "BGRx", bgrx.reshape(-1))), img)
+    # RGB without a meta: rows padded to 4 bytes by GStreamer's default (15 -> 16)
+    padded = np.zeros((h, 16), np.uint8)
+    padded[:, :15] = img.reshape(h, 15)
+    np.testing.assert_array_equal(_sample_to_rgb(_sample(w, h, "RGB", padded.reshape(-1))), img)
+    # a buffer too small for what it claims is refused with the numbers
+    from edge.sources.base import Lost
+    with pytest.raises(Lost, match="does not hold 5x3 RGB"):
+        _sample_to_rgb(_sample(w, h, "RGB", raw[:100], stride, offset))

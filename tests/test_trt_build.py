@@ -238,6 +238,10 @@ class _FakeApi:
     def device_info(self):
         return ORIN
 
+    def bound(self):
+        import contextlib
+        return contextlib.nullcontext(self)
+
 
 def test_engine_module_imports_without_tensorrt():
     import edge.engines.tensorrt as t
@@ -279,3 +283,27 @@ def test_tensorrt_matches_onnxruntime(bundle, precision, tol):
     scale = float(np.abs(m0).max())
     assert np.abs(m1 - m0).max() <= tol * scale
     np.testing.assert_allclose(s1, s0, rtol=tol, atol=tol * scale)
+
+
+# ---- DLA: one static batch ------------------------------------------------------------------
+def test_dla_batch_range_refused_before_building(bundle):
+    # refused before TensorRT is touched: a range would silently run on the GPU
+    with pytest.raises(EdgeError, match=r"--dla needs one static batch.*--batch 4 --dla 0"):
+        cb.build_plan(bundle, "fp16", (1, 4, 4), dla=0, device=ORIN, trt=fake_trt(), log=quiet)
+    with pytest.raises(EdgeError, match="one static batch"):
+        cb.serialize_plan(fake_trt(), bundle.graph_path("fp16"), (2, 4, 4), "fp16", dla=1, log=quiet)
+    assert not os.path.isdir(pk.plans_dir(bundle.path))
+
+
+def test_dla_hint_names_a_static_batch():
+    import edge.engines.tensorrt as t
+
+    dla = _key(precision="fp16", batch_min=4, batch_opt=4, batch_max=4, dla=0)
+    assert t._build_hint("/b", dla).endswith("--precision fp16 --batch 4 --dla 0`")
+    gpu = _key(precision="fp16", batch_min=4, batch_opt=4, batch_max=4)
+    assert t._build_hint("/b", gpu).endswith("--precision fp16 --batch 1,4`")
+
+
+def test_old_tensorrt_refused_by_build(bundle):
+    with pytest.raises(EdgeError, match="TensorRT 8.6.2.3 is too old"):
+        cb.build_plan(bundle, "fp16", (1, 4, 4), device=ORIN, trt=fake_trt("8.6.2.3"), log=quiet)

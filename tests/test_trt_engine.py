@@ -2,6 +2,7 @@
 copies) against a stand-in for TensorRT and CUDA: the "device" is host memory and the "plan"
 runs the graph with ONNX Runtime. The real thing is checked by the gpu-marked tests."""
 
+import contextlib
 import ctypes
 import os
 import types
@@ -48,6 +49,9 @@ class FakeApi:
     def device_info(self):
         return DEVICE
 
+    def bound(self):
+        return contextlib.nullcontext(self)
+
     def pagelocked_empty(self, shape, dtype):
         return np.zeros(shape, dtype)
 
@@ -55,16 +59,18 @@ class FakeApi:
         pass
 
     def htod_async(self, dst, host, stream, nbytes=None):
+        assert dst._mem is not None, "copy into freed device memory"
         ctypes.memmove(dst.ptr, host.ctypes.data, host.nbytes if nbytes is None else nbytes)
         self.copies += 1
 
     def dtoh_async(self, host, src, stream, nbytes=None):
+        assert src._mem is not None, "copy from freed device memory"
         ctypes.memmove(host.ctypes.data, src.ptr, host.nbytes if nbytes is None else nbytes)
         self.copies += 1
 
 
 # ---- a stand-in TensorRT whose "plan" names an ONNX graph ----------------------------------
-def fake_trt(bmin, bmax):
+def fake_trt(bmin, bmax, stream_handle=1234):
     mode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
 
     class Context:
@@ -81,8 +87,8 @@ def fake_trt(bmin, bmax):
             self.shape = tuple(shape)
             return True
 
-        def execute_async_v3(self, stream_handle):
-            assert stream_handle == 1234
+        def execute_async_v3(self, handle):
+            assert handle == stream_handle and type(handle) is int
             n = self.shape[0]
             size = int(np.prod(self.shape))
             frames = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(self.addr["frames"]))
@@ -120,7 +126,7 @@ def fake_trt(bmin, bmax):
 
     class Runtime:
         def __init__(self, logger):
-            pass
+            self.DLA_core = -1              # TensorRT's default: no DLA core
 
         def deserialize_cuda_engine(self, data):
             return Engine(data.decode()) if data.endswith(b".onnx") else None
@@ -144,10 +150,10 @@ def setup(tmp_path, monkeypatch):
     monkeypatch.setattr(cuda, "get_api", lambda device=0: api)
     bundle = Bundle(graphs.make_bundle(str(tmp_path / "b"), ("fp32",)))
 
-    def add_plan(bmin, bmax, device=DEVICE):
+    def add_plan(bmin, bmax, device=DEVICE, dla=None):
         trt = fake_trt(bmin, bmax)
         monkeypatch.setattr(t, "import_tensorrt", lambda: trt)
-        key = pk.make_key(trt, device, "fp32", (bmin, bmax, bmax), pk.graph_sha256(bundle, "fp32"))
+        key = pk.make_key(trt, device, "fp32", (bmin, bmax, bmax), pk.graph_sha256(bundle, "fp32"), dla)
         path = os.path.join(pk.plans_dir(bundle.path), key.filename())
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
@@ -204,3 +210,92 @@ def test_engine_refuses_wrong_input_and_foreign_plan(setup):
         f.write(b"x")
     with pytest.raises(EdgeError, match="altered"):
         t.TrtEngine(path)
+
+
+def test_closed_engine_refuses_infer_and_frees_once(setup):
+    t, api, bundle, add_plan = setup
+    add_plan(1, 2)
+    eng = t.TrtEngine.from_bundle(bundle, "fp32", batch=2)
+    eng.infer(graphs.random_frames(1))
+    eng.close()
+    # no buffer, engine or context is left to write into
+    assert eng.host == {} and eng.dev == {} and eng.context is None and eng.engine is None
+    with pytest.raises(EdgeError, match="engine is closed"):
+        eng.infer(graphs.random_frames(1))
+    eng.close()                                        # twice is harmless
+
+
+def test_dla_plan_found_through_the_run_config(setup, tmp_path):
+    """engine.dla in the run configuration reaches the plan lookup (a DLA plan has dla=0 in
+    its key) and the runtime's DLA core, the way `edge run` opens its parts."""
+    from edge.runtime import config as config_mod
+    from edge.runtime.run import close_parts, open_parts
+
+    t, api, bundle, add_plan = setup
+    add_plan(2, 2, dla=0)                              # DLA plans have one static batch
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2 = pytest.importorskip("cv2")
+    cv2.imwrite(str(images / "a.png"), graphs.random_frames(1)[0])
+    raw = {"bundle": bundle.path, "source": str(images),
+           "engine": {"kind": "tensorrt", "precision": "fp32", "batch": 2, "dla": 0},
+           "records": {"db": str(tmp_path / "r.db")}}
+    cfg = config_mod.validate(raw, str(tmp_path))
+    assert cfg["engine"]["dla"] == 0
+    parts = open_parts(cfg)
+    try:
+        eng = parts["engine"]
+        assert "_dla0_" in os.path.basename(eng.plan_path) and eng.runtime.DLA_core == 0
+        maps, scores = eng.infer(graphs.random_frames(1))
+        assert maps.shape == (1, 32, 32) and eng.context.runs == [2]      # padded to the static batch
+    finally:
+        close_parts(parts)
+    # without the key the DLA plan is not the one asked for: refused, with the right command
+    cfg["engine"]["dla"] = None
+    with pytest.raises(EdgeError, match=r"dla is 0 \(here: None\)"):
+        open_parts(cfg)
+    with pytest.raises(EdgeError) as err:
+        config_mod.validate(dict(raw, engine={"dla": -1}), str(tmp_path))
+    assert "engine.dla" in str(err.value)
+
+
+def test_plan_opened_directly_runs_on_its_dla_core(setup):
+    t, api, bundle, add_plan = setup
+    path = add_plan(2, 2, dla=1)
+    eng = t.TrtEngine(path)                            # no dla given: the sidecar's core
+    assert eng.runtime.DLA_core == 1 and eng.dla == 1
+    gpu = t.TrtEngine(add_plan(1, 2))
+    assert gpu.dla is None and gpu.runtime.DLA_core == -1
+    with pytest.raises(EdgeError, match="dla is 1"):
+        t.TrtEngine(path, dla=0)                       # asking for another core is refused
+
+
+def test_tensorrt_older_than_10_3_is_refused(monkeypatch):
+    import sys
+
+    import edge.engines.tensorrt as t
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.2.3"))
+    with pytest.raises(EdgeError, match=r"TensorRT 8\.6\.2\.3 is too old.*JetPack 6\.1"):
+        t.import_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0.30"))
+    assert t.import_tensorrt().__version__ == "10.3.0.30"
+
+
+def test_edge_check_looks_for_the_configs_dla_plan(setup, tmp_path, capsys):
+    import argparse
+
+    import yaml
+
+    from edge.tools import check as health
+
+    t, api, bundle, add_plan = setup
+    add_plan(2, 2, dla=0)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"bundle": bundle.path, "source": str(tmp_path),
+                                      "engine": {"kind": "tensorrt", "precision": "fp32", "batch": 2, "dla": 0}}))
+    parser = argparse.ArgumentParser()
+    health.add_arguments(parser)
+    health.run(parser.parse_args(["--config", str(config), "--min-free-mb", "0"]))
+    engine_line = next(line for line in capsys.readouterr().out.splitlines() if " engine " in line)
+    assert engine_line.startswith("ok") and "_dla0_b2-2_" in engine_line, engine_line

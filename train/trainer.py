@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 
+from convert.graphcheck import tensorrt_floor
 from edge import __version__
 from edge.bundle.manifest import write_manifest
 from edge.engines.onnxrt import OrtEngine
@@ -113,7 +114,7 @@ def train_bundle(method, data, out, size=(256, 256), backbone="efficientnet-lite
                       "colour_order": "RGB", "roi": list(roi) if roi else None,
                       "normalisation": {"mean": list(net.mean), "std": list(net.std), "where": "in graph"}},
             "outputs": {"anomaly_map": "N x H x W float32", "score": f"N float32 (mean of the top {graph.score_fraction:.0%} patch scores)"},
-            "graphs": {"fp32": {"file": "model.onnx"}},
+            "graphs": {"fp32": {"file": "model.onnx", **tensorrt_floor(gpath)}},
             "threshold": threshold,
             "score_stats": {"holdout_good": score_stats(ort_out[1])},
             "training": {

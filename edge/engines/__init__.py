@@ -56,6 +56,7 @@ def open_engine(bundle, kind="auto", precision="fp32", batch=1, **options):
         kind = "tensorrt" if tensorrt_available() else "onnxruntime"
     if kind == "onnxruntime":
         from .onnxrt import OrtEngine
+        options.pop("dla", None)        # a DLA core means nothing to ONNX Runtime
         engine = OrtEngine(bundle.graph_path(precision, "onnxruntime"), precision=precision, **options)
         try:
             check_input_size(bundle, engine.session.get_inputs()[0].shape, engine.graph_path)

@@ -33,7 +33,24 @@ def import_tensorrt():
     except ImportError:
         raise EdgeError("TensorRT is not installed (on Jetson it comes with JetPack: "
                         "python3-libnvinfer; elsewhere use ONNX Runtime: --engine onnxruntime)") from None
+    check_tensorrt_version(trt)
     return trt
+
+
+MIN_TENSORRT = (10, 3)
+
+
+def check_tensorrt_version(trt):
+    """EdgeError for a TensorRT older than 10.3 (JetPack 6.0 ships 8.6: no named-tensor
+    execute_async_v3 with strongly typed networks, and no parser for the graphs' ops)."""
+    try:
+        major, minor = (int(x) for x in str(trt.__version__).split(".")[:2])
+    except ValueError:
+        return
+    if (major, minor) < MIN_TENSORRT:
+        raise EdgeError(f"TensorRT {trt.__version__} is too old: the toolkit needs TensorRT "
+                        f"{MIN_TENSORRT[0]}.{MIN_TENSORRT[1]} or newer (JetPack 6.1 or later; "
+                        "JetPack 6.0 ships TensorRT 8.6); upgrade JetPack or use --engine onnxruntime")
 
 
 def _logger(trt):
@@ -44,8 +61,10 @@ def _logger(trt):
 
 
 def _build_hint(bundle_path, key):
-    batch = f"1,{key.batch_max}" if key.batch_max > 1 else "1"   # partial batches too
-    dla = f" --dla {key.dla}" if key.dla is not None else ""
+    if key.dla is not None:      # DLA plans have one static batch (min = opt = max)
+        batch, dla = str(key.batch_max), f" --dla {key.dla}"
+    else:
+        batch, dla = (f"1,{key.batch_max}" if key.batch_max > 1 else "1"), ""  # partial batches too
     return f"run `edge build {bundle_path} --precision {key.precision} --batch {batch}{dla}`"
 
 
@@ -74,7 +93,8 @@ class TrtEngine(Engine):
             path, refused = pk.find_plan(bundle, want)
             if path is None:
                 where = (f"{want.gpu} sm{want.cc.replace('.', '')} {want.runtime} "
-                         f"{want.trt_version}, {precision}, batch {batch}")
+                         f"{want.trt_version}, {precision}, batch {batch}"
+                         + (f", DLA core {want.dla}" if want.dla is not None else ""))
                 if refused:
                     first, why = refused[0]
                     detail = (f"; {len(refused)} plan(s) refused, e.g. {os.path.basename(first)}: "
@@ -94,12 +114,16 @@ class TrtEngine(Engine):
         self.precision = precision
         self.plan_path = plan_path
         self._buffers = []
+        self.host, self.dev = {}, {}
+        self.context = self.engine = self.runtime = self.stream = None
+        have, _ = pk.read_sidecar(plan_path)
+        # The DLA core the plan was built for (its sidecar says) unless the caller names one.
+        self.dla = dla if dla is not None else have.dla
         if not _checked:
             # A plan given directly must still have been built here, for this TensorRT.
-            have, _ = pk.read_sidecar(plan_path)
             want = pk.make_key(trt, api.device_info(), have.precision,
                                (have.batch_min, have.batch_min, have.batch_max),
-                               have.graph_sha256, dla if dla is not None else have.dla)
+                               have.graph_sha256, self.dla)
             why = pk.check_plan(plan_path, want)
             if why:
                 raise EdgeError(f"plan does not fit this device: {'; '.join(why)}; "
@@ -109,18 +133,19 @@ class TrtEngine(Engine):
                 data = f.read()
         except OSError as exc:
             raise EdgeError(f"cannot read plan: {exc.strerror}", plan_path) from None
-        self.runtime = trt.Runtime(_logger(trt))
-        if dla is not None:
-            self.runtime.DLA_core = int(dla)
-        self.engine = self.runtime.deserialize_cuda_engine(data)
-        if self.engine is None:
-            raise EdgeError("TensorRT cannot deserialise the plan (built with another TensorRT or "
-                            "for another GPU?); run `edge build` for this bundle", plan_path)
-        self.context = self.engine.create_execution_context()
-        if self.context is None:
-            raise EdgeError("TensorRT cannot create an execution context (out of GPU memory?)",
-                            plan_path)
-        self._bind(expected_hw)
+        with api.bound():
+            self.runtime = trt.Runtime(_logger(trt))
+            if self.dla is not None:
+                self.runtime.DLA_core = int(self.dla)
+            self.engine = self.runtime.deserialize_cuda_engine(data)
+            if self.engine is None:
+                raise EdgeError("TensorRT cannot deserialise the plan (built with another TensorRT or "
+                                "for another GPU?); run `edge build` for this bundle", plan_path)
+            self.context = self.engine.create_execution_context()
+            if self.context is None:
+                raise EdgeError("TensorRT cannot create an execution context (out of GPU memory?)",
+                                plan_path)
+            self._bind(expected_hw)
 
     # ---- buffers, once -------------------------------------------------------------------
     def _bind(self, expected_hw):
@@ -169,6 +194,10 @@ class TrtEngine(Engine):
 
     # ---- inference -----------------------------------------------------------------------
     def infer(self, frames):
+        """Callable from any thread (one call at a time): the CUDA context is made current on
+        the calling thread for the call."""
+        if self.context is None:
+            raise EdgeError("the TensorRT engine is closed", self.plan_path)
         frames = np.asarray(frames)
         if frames.ndim == 3:
             frames = frames[None]
@@ -177,10 +206,11 @@ class TrtEngine(Engine):
             raise EdgeError(f"frames must be N x {h} x {w} x 3 uint8 (got {frames.shape} "
                             f"{frames.dtype})")
         maps, scores = [], []
-        for start in range(0, len(frames), self.max_batch):
-            m, s = self._run(frames[start:start + self.max_batch])
-            maps.append(m)
-            scores.append(s)
+        with self.api.bound():
+            for start in range(0, len(frames), self.max_batch):
+                m, s = self._run(frames[start:start + self.max_batch])
+                maps.append(m)
+                scores.append(s)
         if not maps:
             return np.zeros((0, h, w), np.float32), np.zeros((0,), np.float32)
         return np.concatenate(maps), np.concatenate(scores)
@@ -208,21 +238,29 @@ class TrtEngine(Engine):
         return amap, score
 
     def close(self):
-        if getattr(self, "stream", None) is not None:
-            try:
-                self.stream.synchronize()
-            except Exception:
-                pass
-        for host, dev in getattr(self, "_buffers", []):
-            dev.free()
-            if host is not None:
-                self.api.free_host(host)
-        self._buffers = []
-        self.context = None
-        self.engine = None
-        if getattr(self, "stream", None) is not None:
-            self.stream.close()
-            self.stream = None
+        """Free the buffers and drop every reference to them and to the engine, so that a
+        later infer() is refused instead of touching freed memory. Safe to call twice."""
+        api = getattr(self, "api", None)
+        if api is None:
+            return
+        with api.bound():
+            if self.stream is not None:
+                try:
+                    self.stream.synchronize()
+                except Exception:
+                    pass
+            buffers, self._buffers = self._buffers, []
+            self.host, self.dev = {}, {}
+            self.context = None
+            self.engine = None
+            self.runtime = None
+            for host, dev in buffers:
+                dev.free()
+                if host is not None:
+                    api.free_host(host)
+            if self.stream is not None:
+                self.stream.close()
+                self.stream = None
 
     def __del__(self):
         try:

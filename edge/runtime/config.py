@@ -4,7 +4,7 @@ path and the value at fault. See deploy/config/example.yaml for a commented exam
     bundle: /opt/lineside/current
     source: file:///data/line.mp4          # or {uri: ..., options: {...}}
     mode: inspect-all                      # or latest
-    engine: {kind: auto, precision: fp32, batch: 4, threads: null}
+    engine: {kind: auto, precision: fp32, batch: 4, threads: null, dla: null}
     decision: {threshold: null, min_area: 0.0}
     deadline_ms: 500
     queue_size: 8
@@ -76,11 +76,12 @@ def validate(cfg, base_dir="."):
     out["mode"] = _choice(cfg, "mode", "config", MODES, "inspect-all")
 
     eng = cfg.get("engine") or {}
-    _known(eng, ("kind", "precision", "batch", "threads"), "engine")
+    _known(eng, ("kind", "precision", "batch", "threads", "dla"), "engine")
     out["engine"] = {"kind": _choice(eng, "kind", "engine", ("auto", "onnxruntime", "tensorrt"), "auto"),
                      "precision": _choice(eng, "precision", "engine", ("fp32", "fp16", "int8"), "fp32"),
                      "batch": _num(eng, "batch", "engine", 1, 64, 4),
-                     "threads": _opt_num(eng, "threads", "engine", 1, 256, int)}
+                     "threads": _opt_num(eng, "threads", "engine", 1, 256, int),
+                     "dla": _opt_num(eng, "dla", "engine", 0, 7, int)}       # TensorRT DLA core
 
     dec = cfg.get("decision") or {}
     _known(dec, ("threshold", "min_area"), "decision")

@@ -56,7 +56,8 @@ def open_parts(cfg):
     try:
         bundle = parts["bundle"] = Bundle(cfg["bundle"])
         e = cfg["engine"]
-        parts["engine"] = open_engine(bundle, e["kind"], e["precision"], batch=e["batch"], threads=e["threads"])
+        parts["engine"] = open_engine(bundle, e["kind"], e["precision"], batch=e["batch"], threads=e["threads"],
+                                      dla=e.get("dla"))
         from ..sources import open_source
         options = dict(cfg["source"]["options"])
         if cfg["mode"] == "latest":

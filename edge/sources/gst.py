@@ -245,6 +245,25 @@ def _find_appsink(pipeline, GstApp):
     return found[0] if found else None
 
 
+def _plane_layout(sample, buf, h, size):
+    """(offset, row stride) of the image in the buffer: from the buffer's video meta where it
+    carries one (hardware decoders and converters may pad rows and planes beyond what the
+    caps imply), else GStreamer's default layout for the caps (rows padded to 4 bytes)."""
+    try:
+        import gi
+        gi.require_version("GstVideo", "1.0")
+        from gi.repository import GstVideo
+    except (ImportError, ValueError):
+        return 0, size // h
+    meta = GstVideo.buffer_get_video_meta(buf)
+    if meta is not None:
+        return int(meta.offset[0]), int(meta.stride[0])
+    info = GstVideo.VideoInfo.new_from_caps(sample.get_caps())
+    if info is not None:
+        return int(info.offset[0]), int(info.stride[0])
+    return 0, size // h
+
+
 def _sample_to_rgb(sample):
     """Copy a sample out of GStreamer memory (once) into H x W x 3 uint8 RGB."""
     st = sample.get_caps().get_structure(0)
@@ -255,8 +274,11 @@ def _sample_to_rgb(sample):
                    "videoconvert ! video/x-raw,format=RGB ! appsink")
     buf = sample.get_buffer()
     data = buf.extract_dup(0, buf.get_size())       # the one copy out of GStreamer memory
-    stride = len(data) // h                          # rows may be padded to 4 bytes
-    view = np.ndarray((h, w, ch), np.uint8, data, 0, (stride, ch, 1))
+    offset, stride = _plane_layout(sample, buf, h, len(data))
+    if stride < w * ch or offset + stride * (h - 1) + w * ch > len(data):
+        raise Lost(f"appsink buffer of {len(data)} bytes does not hold {w}x{h} {fmt} "
+                   f"(row stride {stride}, offset {offset})")
+    view = np.ndarray((h, w, ch), np.uint8, data, offset, (stride, ch, 1))
     out = np.empty((h, w, 3), np.uint8)              # writable, contiguous RGB
     if ch == 1:
         out[...] = view

@@ -252,7 +252,7 @@ def run(args):
         bundle,
         engine=args.engine or engine.get("kind") or "auto",
         precision=args.precision or engine.get("precision") or "fp32",
-        batch=batch, dla=args.dla,
+        batch=batch, dla=args.dla if args.dla is not None else engine.get("dla"),
         url=args.url or url,
         records=args.records or records,
         max_age=args.max_age, min_free_mb=args.min_free_mb)

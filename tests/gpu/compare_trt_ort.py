@@ -1,7 +1,9 @@
 """Check TensorRT against ONNX Runtime on real images (run by tests/gpu/run_gpu_checks.sh).
 
     python -m tests.gpu.compare_trt_ort BUNDLE [IMAGES_DIR] [--batch 4] [--max-images 32]
-    python -m tests.gpu.compare_trt_ort --ready    # exit 0 when TensorRT and a GPU are here
+    python -m tests.gpu.compare_trt_ort --ready    # exit 0: TensorRT and a GPU are here;
+                                                   # 3: no TensorRT (nothing to check);
+                                                   # 1: TensorRT but nothing can run it
 
 For each precision the bundle holds, the TensorRT plan (built beforehand by `edge build`) and
 ONNX Runtime run the same graph on the same frames; maps and scores must agree within the
@@ -17,16 +19,31 @@ import numpy as np
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 6e-2}
 
 
-def ready():
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as exc:
-        return f"TensorRT not importable ({exc})"
-    from edge.engines.cuda import cuda_available
+NO_TENSORRT = 3
 
-    if not cuda_available():
-        return "no CUDA device (or neither pycuda nor cuda-python)"
-    return ""
+
+def gpu_state():
+    """("run", ""), ("skip", why) where TensorRT is not installed, or ("fail", why) where
+    TensorRT is installed but no CUDA binding and device can run it (a broken or mismatched
+    pycuda/cuda-python is a failure to report, not a reason to skip)."""
+    try:
+        import tensorrt
+    except Exception as exc:
+        return "skip", f"TensorRT not importable ({exc})"
+    from edge.engines.cuda import get_api
+
+    version = getattr(tensorrt, "__version__", "?")
+    try:
+        count = get_api().device_count()
+    except Exception as exc:
+        return "fail", f"TensorRT {version} is installed but nothing can run it: {exc}"
+    if not count:
+        return "fail", f"TensorRT {version} is installed but CUDA sees no device"
+    return "run", ""
+
+
+def ready():
+    return gpu_state()[1]
 
 
 def load_frames(bundle, folder, limit):
@@ -53,13 +70,14 @@ def main(argv=None):
     ap.add_argument("--max-images", type=int, default=32)
     ap.add_argument("--ready", action="store_true", help="only say whether TensorRT and a GPU are here")
     args = ap.parse_args(argv)
-    why = ready()
-    if args.ready:
-        if why:
-            print(f"skip: {why}")
-        return 0 if not why else 3
-    if why:
+    state, why = gpu_state()
+    if state == "skip":
         print(f"skip: {why}")
+        return NO_TENSORRT if args.ready else 0
+    if state == "fail":
+        print(f"FAILED: {why}")
+        return 1
+    if args.ready:
         return 0
     from edge.bundle.manifest import Bundle
     from edge.engines import open_engine
