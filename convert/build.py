@@ -29,7 +29,7 @@ from edge.engines import plan_key as pk
 from edge.common.errors import EdgeError
 from edge.common.fsutil import atomic_write_bytes
 
-PRECISIONS = ("fp32", "fp16", "int8")
+from edge.common.names import PRECISIONS
 INPUT = "frames"
 
 

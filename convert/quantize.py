@@ -36,7 +36,7 @@ from edge.common.errors import EdgeError
 from edge.runtime.preprocess import Preprocessor
 from edge.common.progress import say
 
-PRECISIONS = ("fp16", "int8")
+from edge.common.names import VARIANT_PRECISIONS as PRECISIONS
 HEAD_ENTRY_OPS = ("MatMul", "Gemm", "Einsum")
 # Element-wise ops that finish a backbone layer (a conv's activation, a residual add) and
 # belong to it when all their inputs come from the backbone.

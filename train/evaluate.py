@@ -11,6 +11,7 @@ from edge.bundle.manifest import Bundle
 from edge.engines import open_engine
 from edge.common.errors import EdgeError
 from edge.common.fsutil import atomic_write_text
+from edge.common.names import ENGINE_KINDS, PRECISIONS
 from edge.runtime.preprocess import Preprocessor
 from edge.common.progress import Progress, say
 
@@ -99,8 +100,8 @@ def add_arguments(p):
     p.add_argument("--data", required=True, help="data set root in MVTec AD layout (uses its test split)")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--plots", metavar="DIR", help="write roc.png and overlays.png (heat-map grid) here")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
-    p.add_argument("--engine", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--engine", default="onnxruntime", choices=ENGINE_KINDS)
     p.add_argument("--batch", type=int, default=4, help="frames per engine call (default 4)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--record", action="store_true", help="store the figures in the bundle's manifest")

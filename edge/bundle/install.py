@@ -48,18 +48,14 @@ from .archive import (ARCHIVE_SUFFIXES, MAX_UNPACKED_MB, _find_bundle_root, chec
 from .identity import ID_FILE, bundle_id  # noqa: F401 (install.bundle_id: the one bundle id)
 from . import signing
 from ..common.fsutil import StagedDir, _fsync_dir, atomic_write_text
+from ..common.names import DEFAULT_ROOT, install_root as default_root
 
-DEFAULT_ROOT = "/opt/lineside"
 DEFAULT_KEEP = 3
 BUNDLES = "bundles"
 CURRENT = "current"
 PREVIOUS = "previous"
 INSTALL_LOG = "bundles.json"
 LOCK = ".lock"
-
-
-def default_root():
-    return os.environ.get("LINESIDE_ROOT") or DEFAULT_ROOT
 
 
 def _root(root):

@@ -9,8 +9,9 @@ ONNX Runtime and the other way round."""
 import os
 
 from ..common.errors import EdgeError
+from ..common.names import ENGINE_KINDS
 
-ENGINES = ("onnxruntime", "tensorrt")
+ENGINES = ENGINE_KINDS
 
 
 class Engine:

@@ -8,6 +8,7 @@ import numpy as np
 from ..bundle.manifest import Bundle
 from ..engines import open_engine
 from ..common.errors import EdgeError
+from ..common.names import ENGINE_CHOICES, PRECISIONS
 from ..common.imageio import IMAGE_EXTENSIONS, list_images, read_rgb
 from ..view.overlay import heat_overlay, label, write_png
 from ..runtime.preprocess import Preprocessor
@@ -18,8 +19,8 @@ def add_arguments(p):
     p.add_argument("images", help="an image file or a folder of images")
     p.add_argument("--out", help="write a heat-map overlay per image here")
     p.add_argument("--threshold", type=float, help="override the bundle's threshold")
-    p.add_argument("--engine", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--batch", type=int, default=8)
 
 
