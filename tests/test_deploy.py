@@ -425,8 +425,8 @@ def test_example_config_validates():
     config = pytest.importorskip("edge.runtime.config")
     path = os.path.join(DEPLOY, "config", "example.yaml")
     cfg = config.validate(config.load_config(path), os.path.dirname(path))
-    assert cfg["bundle"] == "/opt/lineside/current" and cfg["view"]["port"] == 8080
-    assert cfg["line"]["outputs"][0]["type"] == "modbus"
+    assert cfg.bundle == "/opt/lineside/current" and cfg.view.port == 8080
+    assert cfg.line["outputs"][0]["type"] == "modbus"
 
 
 def test_systemd_units_verify(tmp_path):

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from edge.bundle.manifest import Bundle
-from edge.runtime.config import validate
+from edge.runtime.config import PipelineSettings, validate
 from edge.engines.onnxrt import OrtEngine
 from edge.common.errors import EdgeError
 from edge.runtime.pipeline import Pipeline
@@ -102,7 +102,7 @@ def test_latest_mode_drops_are_counted(slow_bundle, tmp_path):
     b = Bundle(bundle)
     src.start()
     pipe = Pipeline(src, Preprocessor.for_bundle(b), OrtEngine(b.graph_path(), threads=1), b.threshold,
-                    mode="latest", batch=1, queue_size=1, max_frames=150, store=store)
+                    PipelineSettings(mode="latest", batch=1, queue_size=1, max_frames=150), store=store)
     pipe.start()
     assert pipe.join(timeout=120)
     src.close()
@@ -179,7 +179,7 @@ def test_min_area_and_threshold_override(bundle, tmp_path):
     b = Bundle(bundle)
     src = open_source(IMPURITY, {})
     src.start()
-    pipe = Pipeline(src, Preprocessor.for_bundle(b), OrtEngine(b.graph_path()), b.threshold, min_area=0.5)
+    pipe = Pipeline(src, Preprocessor.for_bundle(b), OrtEngine(b.graph_path()), b.threshold, PipelineSettings(min_area=0.5))
     pipe.start()
     pipe.join(timeout=60)
     s = pipe.stats.snapshot()

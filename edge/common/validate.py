@@ -1,6 +1,8 @@
 """Checks for configuration values: every error names the key path and the value at fault.
 Shared by the run configuration (edge/runtime/config.py) and the line section (edge/outputs/config.py)."""
 
+import math
+
 from .errors import EdgeError
 
 
@@ -17,8 +19,8 @@ def _num(d, key, where, lo, hi, default, kind=int):
     path = f"{where}.{key}"
     if v is None:
         raise EdgeError("is required", path)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)):
-        raise EdgeError(f"must be {'an integer' if kind is int else 'a number'}, got {v!r}", path)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (kind is int and v != int(v)):
+        raise EdgeError(f"must be {'an integer' if kind is int else 'a finite number'}, got {v!r}", path)
     if not lo <= v <= hi:
         raise EdgeError(f"must be {lo}..{hi}, got {v}", path)
     return kind(v)

@@ -15,26 +15,99 @@ path and the value at fault. See deploy/config/example.yaml for a commented exam
     max_frames: null
 """
 
+import dataclasses
 import os
-
-import yaml
+from typing import Optional
 
 from ..common.errors import EdgeError
-from ..common.validate import _choice, _known, _num, _str
+from ..common.names import ENGINE_CHOICES, PRECISIONS
+from ..common.validate import _bool, _choice, _known, _num, _str
+from ..common.yamlfile import load_yaml
 
 TOP = ("bundle", "source", "mode", "engine", "decision", "deadline_ms", "queue_size", "records", "line",
        "view", "status_every_s", "max_frames")
 MODES = ("inspect-all", "latest")
 
 
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    uri: str
+    options: dict = dataclasses.field(default_factory=dict)   # checked here by type, by the source by use
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    kind: str = "auto"
+    precision: str = "fp32"
+    batch: int = 4
+    threads: Optional[int] = None
+    dla: Optional[int] = None                    # TensorRT DLA core
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionConfig:
+    threshold: Optional[float] = None             # None: the bundle's own
+    min_area: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordsConfig:
+    db: Optional[str] = "records.db"             # None: no records
+    images: Optional[str] = None                 # None: images/ beside the database
+    quota_mb: float = 1024.0
+    save: str = "flagged"
+    format: str = "jpg"
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSettings:
+    """What the pipeline itself needs of the run configuration (edge.runtime.pipeline)."""
+    mode: str = "inspect-all"
+    batch: int = 4
+    queue_size: int = 8
+    min_area: float = 0.0
+    deadline_ms: float = 1000.0
+    max_frames: Optional[int] = None
+    save: str = "flagged"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    bundle: str
+    source: SourceConfig
+    mode: str = "inspect-all"
+    engine: EngineConfig = EngineConfig()
+    decision: DecisionConfig = DecisionConfig()
+    deadline_ms: float = 1000.0
+    queue_size: int = 8
+    records: RecordsConfig = RecordsConfig()
+    line: Optional[dict] = None                  # the validated line section (edge.outputs.config)
+    view: Optional[ViewConfig] = None
+    status_every_s: float = 2.0
+    max_frames: Optional[int] = None
+
+    def pipeline(self):
+        return PipelineSettings(mode=self.mode, batch=self.engine.batch, queue_size=self.queue_size,
+                                min_area=self.decision.min_area, deadline_ms=self.deadline_ms,
+                                max_frames=self.max_frames, save=self.records.save)
+
+    def to_dict(self):
+        """Plain data (for the run's row in the record store)."""
+        return dataclasses.asdict(self)
+
+
 def load_config(path):
+    """The raw mapping in a run configuration file (checked by validate)."""
     if not os.path.isfile(path):
         raise EdgeError("config file not found", path)
-    try:
-        with open(path) as f:
-            cfg = yaml.safe_load(f) or {}
-    except yaml.YAMLError as exc:
-        raise EdgeError(f"not valid YAML: {exc}".replace("\n", " "), path) from None
+    cfg = load_yaml(path)
+    cfg = {} if cfg is None else cfg
     if not isinstance(cfg, dict):
         raise EdgeError("must be a mapping of keys to values", path)
     return cfg
@@ -53,60 +126,83 @@ def _source_uri(uri, path_of):
     return uri
 
 
-def validate(cfg, base_dir="."):
-    """A normalised copy of the run configuration with defaults filled in; relative paths
-    are taken from the config file's folder."""
-    _known(cfg, TOP, "config")
-    out = {}
+def _source_options(options, where):
+    """The source options' names and types (edge.sources.OPTIONS); the source checks the rest."""
+    from ..sources import OPTIONS
+    _known(options, tuple(OPTIONS), where)
+    out = dict(options)
+    for key in ("width", "height", "latency_ms"):
+        if options.get(key) is not None:
+            out[key] = _num(options, key, where, 1, 1 << 16, None)
+    for key, hi in (("fps", 10000), ("stall_s", 86400)):
+        if options.get(key) is not None:
+            out[key] = _num(options, key, where, 0, hi, None, float)
+    for key in ("loop", "drop", "bayer", "sync"):
+        if key in options:
+            out[key] = _bool(options, key, where, False)
+    for key in ("backend", "transport", "format", "features"):
+        _str(options, key, where)
+    if options.get("reconnect") is not None:
+        rc, w = options["reconnect"], f"{where}.reconnect"
+        _known(rc, ("initial_s", "max_s"), w)
+        out["reconnect"] = {"initial_s": _num(rc, "initial_s", w, 0, 3600, 0.5, float),
+                            "max_s": _num(rc, "max_s", w, 0, 3600, 10.0, float)}
+    return out
 
-    def path_of(value):
-        return value if value is None or os.path.isabs(value) else os.path.normpath(os.path.join(base_dir, value))
 
-    out["bundle"] = path_of(_str(cfg, "bundle", "config", required=True))
-    src = cfg.get("source")
+def _source(src, path_of):
     if isinstance(src, str):
         src = {"uri": src}
     _known(src if src is not None else {}, ("uri", "options"), "source")
     if src is None or not src.get("uri"):
         raise EdgeError("is required (a URI: folder, file://, v4l2://, rtsp://, csi://, gige://, gst://)", "source")
     options = src.get("options") or {}
-    if not isinstance(options, dict):            # the source itself checks the option names
+    if not isinstance(options, dict):
         raise EdgeError(f"must be a mapping, got {type(options).__name__}", "source.options")
-    out["source"] = {"uri": _source_uri(_str(src, "uri", "source"), path_of), "options": dict(options)}
-    out["mode"] = _choice(cfg, "mode", "config", MODES, "inspect-all")
+    return SourceConfig(_source_uri(_str(src, "uri", "source"), path_of), _source_options(options, "source.options"))
 
+
+def validate(cfg, base_dir="."):
+    """The run configuration as a RunConfig with defaults filled in; EdgeError naming the key
+    path at fault. Relative paths are taken from the config file's folder."""
+    _known(cfg, TOP, "config")
+
+    def path_of(value):
+        return value if value is None or os.path.isabs(value) else os.path.normpath(os.path.join(base_dir, value))
+
+    bundle = path_of(_str(cfg, "bundle", "config", required=True))
+    source = _source(cfg.get("source"), path_of)
+    mode = _choice(cfg, "mode", "config", MODES, "inspect-all")
     eng = cfg.get("engine") or {}
     _known(eng, ("kind", "precision", "batch", "threads", "dla"), "engine")
-    out["engine"] = {"kind": _choice(eng, "kind", "engine", ("auto", "onnxruntime", "tensorrt"), "auto"),
-                     "precision": _choice(eng, "precision", "engine", ("fp32", "fp16", "int8"), "fp32"),
-                     "batch": _num(eng, "batch", "engine", 1, 64, 4),
-                     "threads": _opt_num(eng, "threads", "engine", 1, 256, int),
-                     "dla": _opt_num(eng, "dla", "engine", 0, 7, int)}       # TensorRT DLA core
-
+    engine = EngineConfig(kind=_choice(eng, "kind", "engine", ENGINE_CHOICES, "auto"),
+                          precision=_choice(eng, "precision", "engine", PRECISIONS, "fp32"),
+                          batch=_num(eng, "batch", "engine", 1, 64, 4),
+                          threads=_opt_num(eng, "threads", "engine", 1, 256, int),
+                          dla=_opt_num(eng, "dla", "engine", 0, 7, int))
     dec = cfg.get("decision") or {}
     _known(dec, ("threshold", "min_area"), "decision")
-    out["decision"] = {"threshold": _opt_num(dec, "threshold", "decision", -1e12, 1e12),
-                       "min_area": _num(dec, "min_area", "decision", 0.0, 1.0, 0.0, float)}
-    out["deadline_ms"] = _num(cfg, "deadline_ms", "config", 1, 600000, 1000, float)
-    out["queue_size"] = _num(cfg, "queue_size", "config", 1, 4096, 8)
-
+    decision = DecisionConfig(threshold=_opt_num(dec, "threshold", "decision", -1e12, 1e12),
+                              min_area=_num(dec, "min_area", "decision", 0.0, 1.0, 0.0, float))
+    deadline_ms = _num(cfg, "deadline_ms", "config", 1, 600000, 1000, float)
+    queue_size = _num(cfg, "queue_size", "config", 1, 4096, 8)
     rec = cfg.get("records") or {}
     _known(rec, ("db", "images", "quota_mb", "save", "format"), "records")
-    out["records"] = {"db": path_of(_str(rec, "db", "records", "records.db")),
-                      "images": path_of(_str(rec, "images", "records")),
-                      "quota_mb": _num(rec, "quota_mb", "records", 1, 10 ** 7, 1024, float),
-                      "save": _choice(rec, "save", "records", ("flagged", "all", "none"), "flagged"),
-                      "format": _choice(rec, "format", "records", ("png", "jpg"), "jpg")}
+    records = RecordsConfig(db=path_of(_str(rec, "db", "records", "records.db")),
+                            images=path_of(_str(rec, "images", "records")),
+                            quota_mb=_num(rec, "quota_mb", "records", 1, 10 ** 7, 1024, float),
+                            save=_choice(rec, "save", "records", ("flagged", "all", "none"), "flagged"),
+                            format=_choice(rec, "format", "records", ("png", "jpg"), "jpg"))
+    line = None
     if cfg.get("line") is not None:
         from ..outputs import validate_line_config
-        out["line"] = validate_line_config(cfg["line"], "line", base_dir)
-    else:
-        out["line"] = None
+        line = validate_line_config(cfg["line"], "line", base_dir)
     view = cfg.get("view")
     if view is not None:
         _known(view, ("host", "port"), "view")
-        view = {"host": _str(view, "host", "view", "127.0.0.1"), "port": _num(view, "port", "view", 0, 65535, 8080)}
-    out["view"] = view
-    out["status_every_s"] = _num(cfg, "status_every_s", "config", 0.1, 3600, 2.0, float)
-    out["max_frames"] = _opt_num(cfg, "max_frames", "config", 1, 10 ** 12, int)
-    return out
+        view = ViewConfig(host=_str(view, "host", "view", "127.0.0.1"), port=_num(view, "port", "view", 0, 65535, 8080))
+    return RunConfig(
+        bundle=bundle, source=source, mode=mode, engine=engine, decision=decision, deadline_ms=deadline_ms,
+        queue_size=queue_size, records=records, line=line, view=view,
+        status_every_s=_num(cfg, "status_every_s", "config", 0.1, 3600, 2.0, float),
+        max_frames=_opt_num(cfg, "max_frames", "config", 1, 10 ** 12, int))

@@ -10,8 +10,8 @@ A stage that fails (source lost, engine error) is recorded and reported to the l
 stop() (SIGTERM) lets in-flight frames finish and be recorded before the run ends."""
 
 import collections
+import logging
 import math
-import sys
 import queue
 import threading
 import time
@@ -20,9 +20,11 @@ import numpy as np
 
 from ..common.errors import EdgeError
 from ..sources import SourceEnded
+from .config import PipelineSettings
 from .types import Decision
 
 _END = object()
+log = logging.getLogger(__name__)
 
 
 class Stats:
@@ -66,19 +68,24 @@ class Stats:
 
 
 class Pipeline:
-    def __init__(self, source, preprocess, engine, threshold, *, mode="inspect-all", batch=4, queue_size=8,
-                 min_area=0.0, deadline_ms=1000.0, max_frames=None, store=None, line=None, view=None,
-                 save="flagged", on_reject=None):
+    """The stages between a source and its outputs. `settings` (a PipelineSettings, usually
+    RunConfig.pipeline()) holds the mode, batch, queue size, decision area, deadline, frame
+    limit and what the store keeps; store, line and view are optional sinks."""
+
+    def __init__(self, source, preprocess, engine, threshold, settings=None, *, store=None, line=None,
+                 view=None, on_reject=None):
+        s = settings if settings is not None else PipelineSettings()
+        self.settings = s
         self.source, self.pre, self.engine = source, preprocess, engine
-        self.threshold, self.min_area, self.deadline_s = float(threshold), float(min_area), deadline_ms / 1000
+        self.threshold, self.min_area, self.deadline_s = float(threshold), float(s.min_area), s.deadline_ms / 1000
         if not math.isfinite(self.threshold):
             raise EdgeError(f"threshold must be a finite number, got {threshold}")
-        self.mode, self.batch, self.max_frames = mode, max(1, int(batch)), max_frames
-        self.store, self.line, self.view, self.save = store, line, view, save
+        self.mode, self.batch, self.max_frames = s.mode, max(1, int(s.batch)), s.max_frames
+        self.store, self.line, self.view, self.save = store, line, view, s.save
         self.on_reject = on_reject
-        self.q_in = queue.Queue(queue_size)
-        self.q_out = queue.Queue(queue_size)
-        self.q_rec = queue.Queue(max(64, queue_size * 4))
+        self.q_in = queue.Queue(s.queue_size)
+        self.q_out = queue.Queue(s.queue_size)
+        self.q_rec = queue.Queue(max(64, s.queue_size * 4))
         self.stats = Stats()
         self.stopping = threading.Event()
         self.errors = []
@@ -142,7 +149,7 @@ class Pipeline:
                 self.store.event(kind, detail)
             except Exception as exc:             # a broken store must not stop the line
                 if kind != "record_error":
-                    sys.stderr.write(f"edge: cannot record event {kind}: {exc}\n")
+                    log.error("edge: cannot record event %s: %s", kind, exc)
 
     # ---- stages --------------------------------------------------------------------------
     def _capture(self):

@@ -1,15 +1,18 @@
 """`edge run CONFIG.yaml`: the line-side loop, all day, without torch."""
 
+import logging
 import os
 import signal
-import sys
 
 from ..bundle.manifest import Bundle
 from .config import load_config, validate
 from ..engines import open_engine
 from ..common.errors import EdgeError
+from ..common.names import ENGINE_CHOICES, PRECISIONS
 from .pipeline import Pipeline, run_pipeline
 from .preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p):
@@ -18,8 +21,8 @@ def add_arguments(p):
     p.add_argument("--source", help="override config source: (a URI)")
     p.add_argument("--records", metavar="DB", help="override config records.db")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
-    p.add_argument("--engine", choices=("auto", "onnxruntime", "tensorrt"), help="override engine.kind")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="override engine.precision")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, help="override engine.kind")
+    p.add_argument("--precision", choices=PRECISIONS, help="override engine.precision")
     p.add_argument("--quiet", action="store_true", help="no status lines, only the summary")
 
 
@@ -54,27 +57,26 @@ def open_parts(cfg):
     names its part. Returns a dict; the caller closes what it got through close_parts."""
     parts = {}
     try:
-        bundle = parts["bundle"] = Bundle(cfg["bundle"])
-        e = cfg["engine"]
-        parts["engine"] = open_engine(bundle, e["kind"], e["precision"], batch=e["batch"], threads=e["threads"],
-                                      dla=e.get("dla"))
+        bundle = parts["bundle"] = Bundle(cfg.bundle)
+        e = cfg.engine
+        parts["engine"] = open_engine(bundle, e.kind, e.precision, batch=e.batch, threads=e.threads, dla=e.dla)
         from ..sources import open_source
-        options = dict(cfg["source"]["options"])
-        if cfg["mode"] == "latest":
+        options = dict(cfg.source.options)
+        if cfg.mode == "latest":
             options.setdefault("drop", True)
-        parts["source"] = open_source(cfg["source"]["uri"], options)
-        rec = cfg["records"]
-        if rec["db"]:
+        parts["source"] = open_source(cfg.source.uri, options)
+        rec = cfg.records
+        if rec.db:
             from ..records.store import RecordStore
-            images = rec["images"] or os.path.join(os.path.dirname(rec["db"]) or ".", "images")
-            parts["store"] = RecordStore(rec["db"], images, rec["quota_mb"], rec["save"], rec["format"])
-        if cfg["line"]:
+            images = rec.images or os.path.join(os.path.dirname(rec.db) or ".", "images")
+            parts["store"] = RecordStore(rec.db, images, rec.quota_mb, rec.save, rec.format)
+        if cfg.line:
             from ..outputs import LineIO
-            parts["line"] = LineIO(cfg["line"])
+            parts["line"] = LineIO(cfg.line)
             parts["line"].start()
-        if cfg["view"]:
+        if cfg.view:
             from ..view.server import LiveView
-            parts["view"] = LiveView(cfg["view"]["host"], cfg["view"]["port"])
+            parts["view"] = LiveView(cfg.view.host, cfg.view.port)
             parts["view"].start()
         parts["source"].start()
     except BaseException:
@@ -90,28 +92,25 @@ def close_parts(parts):
             try:
                 obj.close()
             except Exception as exc:
-                sys.stderr.write(f"edge run: closing {key}: {exc}\n")
+                log.warning("edge run: closing %s: %s", key, exc)
 
 
 def run(args):
     cfg = build_config(args)
     parts = open_parts(cfg)
     bundle = parts["bundle"]
-    threshold = cfg["decision"]["threshold"]
-    threshold = bundle.threshold_for(cfg["engine"]["precision"], parts["engine"].name) if threshold is None else threshold
+    threshold = cfg.decision.threshold
+    threshold = bundle.threshold_for(cfg.engine.precision, parts["engine"].name) if threshold is None else threshold
     store = parts.get("store")
-    run_id = store.start_run(bundle.path, cfg, bundle_sha=bundle.id) if store else None
-    pipe = Pipeline(parts["source"], Preprocessor.for_bundle(bundle), parts["engine"], threshold,
-                    mode=cfg["mode"], batch=cfg["engine"]["batch"], queue_size=cfg["queue_size"],
-                    min_area=cfg["decision"]["min_area"], deadline_ms=cfg["deadline_ms"],
-                    max_frames=cfg["max_frames"], store=store, line=parts.get("line"), view=parts.get("view"),
-                    save=cfg["records"]["save"],
-                    on_reject=None if args.quiet else lambda d: sys.stderr.write(
+    run_id = store.start_run(bundle.path, cfg.to_dict(), bundle_sha=bundle.id) if store else None
+    pipe = Pipeline(parts["source"], Preprocessor.for_bundle(bundle), parts["engine"], threshold, cfg.pipeline(),
+                    store=store, line=parts.get("line"), view=parts.get("view"),
+                    on_reject=None if args.quiet else lambda d: log.info(
                         f"reject: frame {d.seq} score {d.score:.4g} area {d.defect_area:.2%} "
-                        f"latency {d.latency_s * 1000:.1f} ms\n"))
+                        f"latency {d.latency_s * 1000:.1f} ms"))
 
     def on_signal(signum, _frame):
-        sys.stderr.write(f"edge run: {signal.Signals(signum).name}: draining in-flight frames\n")
+        log.info("edge run: %s: draining in-flight frames", signal.Signals(signum).name)
         pipe.stop()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -124,14 +123,14 @@ def run(args):
             view.set_status(dict(s, fault=fault, engine=parts["engine"].name, source=parts["source"].describe(),
                                  bundle=f"{os.path.basename(os.path.realpath(bundle.path))} (id {bundle.id[:12]})"))
         if not args.quiet:
-            sys.stderr.write(format_status(s) + "\n")
+            log.info(format_status(s), extra={"data": s})
 
-    sys.stderr.write(f"edge run: {bundle.method} bundle {bundle.path} (id {bundle.id[:12]}) on {parts['engine'].name} "
-                     f"({cfg['engine']['precision']}), source {parts['source'].describe()}, mode {cfg['mode']}, "
-                     f"threshold {threshold:.4g}\n")
+    log.info(f"edge run: {bundle.method} bundle {bundle.path} (id {bundle.id[:12]}) on {parts['engine'].name} "
+                     f"({cfg.engine.precision}), source {parts['source'].describe()}, mode {cfg.mode}, "
+                     f"threshold {threshold:.4g}")
     summary, error = None, None
     try:
-        summary = run_pipeline(pipe, status, cfg["status_every_s"])
+        summary = run_pipeline(pipe, status, cfg.status_every_s)
     except EdgeError as exc:
         error = exc
         summary = pipe.stats.snapshot()
@@ -145,7 +144,7 @@ def run(args):
           f"{summary['rejects']} rejected, {summary['dropped']} dropped, {summary['late']} late, "
           f"{summary['outages']} source outages; {summary['fps']:.1f} fps, latency p50 "
           f"{summary['latency_ms_p50']:.1f} ms p95 {summary['latency_ms_p95']:.1f} ms"
-          + (f"; run {run_id} in {cfg['records']['db']}" if run_id is not None else ""))
+          + (f"; run {run_id} in {cfg.records.db}" if run_id is not None else ""))
     if error:
         raise error
     return 0

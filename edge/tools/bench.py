@@ -14,6 +14,7 @@ A PyTorch eager baseline of the same model is timed the same way where torch is 
 import argparse
 import importlib.util
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -24,6 +25,8 @@ import time
 import numpy as np
 
 from ..common.errors import EdgeError
+
+log = logging.getLogger(__name__)
 
 
 def time_engine(engine, frames, seconds=5.0, warmup=5):
@@ -58,6 +61,7 @@ def _test_set(bundle, data):
 
 
 def _pipeline_pass(bundle, engine, folder, tmp, batch, frames, threshold, fps=None):
+    from ..runtime.config import PipelineSettings
     from ..runtime.pipeline import Pipeline
     from ..runtime.preprocess import Preprocessor
     from ..records.store import RecordStore
@@ -66,8 +70,8 @@ def _pipeline_pass(bundle, engine, folder, tmp, batch, frames, threshold, fps=No
     store = RecordStore(os.path.join(tmp, f"r{fps or 0:.0f}.db"), os.path.join(tmp, "img"))
     store.start_run(bundle.path, {"bench": True})
     src.start()
-    pipe = Pipeline(src, Preprocessor.for_bundle(bundle), engine, threshold, batch=batch,
-                    max_frames=frames, store=store, deadline_ms=60000)
+    settings = PipelineSettings(batch=batch, max_frames=frames, deadline_ms=60000)
+    pipe = Pipeline(src, Preprocessor.for_bundle(bundle), engine, threshold, settings, store=store)
     pipe.start()
     pipe.join()
     src.close()
@@ -167,9 +171,10 @@ def run(args):
         print(json.dumps(child(json.loads(args.child))))
         return 0
     from ..bundle.manifest import Bundle
+    from ..common.names import ENGINE_KINDS
     from ..engines import tensorrt_available
     bundle = Bundle(args.bundle)
-    engines = args.engines.split(",") if args.engines else ["onnxruntime"] + (["tensorrt"] if tensorrt_available() else [])
+    engines = args.engines.split(",") if args.engines else [k for k in ENGINE_KINDS if k != "tensorrt" or tensorrt_available()]
     precisions = args.precisions.split(",") if args.precisions else bundle.precisions()
     batches = [int(b) for b in args.batch.split(",")]
     data = args.data or bundle.manifest.get("training", {}).get("data")
@@ -180,11 +185,11 @@ def run(args):
                 spec = {"bundle": bundle.path, "engine": engine, "precision": precision, "batch": b,
                         "data": data, "seconds": args.seconds, "e2e_frames": args.e2e_frames,
                         "defect_share": None if args.defect_share < 0 else args.defect_share}
-                sys.stderr.write(f"bench: {engine} {precision} batch {b} ...\n")
+                log.info(f"bench: {engine} {precision} batch {b} ...")
                 rows.append(dict(spec, **_spawn(["-m", "edge.cli", "bench", bundle.path, "--child", json.dumps(spec)])))
     if not args.no_torch and importlib.util.find_spec("torch") and bundle.manifest.get("torch_model"):
         for b in batches:
-            sys.stderr.write(f"bench: pytorch eager batch {b} ...\n")
+            log.info(f"bench: pytorch eager batch {b} ...")
             res = _spawn(["-m", "train.torch_baseline", bundle.path, "--batch", str(b), "--seconds", str(args.seconds)])
             rows.append(dict(res, engine=res.get("engine", "pytorch"), precision="fp32", batch=b))
     _compare_to_fp32(rows)

@@ -20,6 +20,7 @@ Checks:
 options given on the command line win.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -29,8 +30,8 @@ import urllib.parse
 import urllib.request
 
 from ..common.errors import EdgeError
+from ..common.names import DEFAULT_ROOT, ENGINE_CHOICES, PRECISIONS, install_root
 
-DEFAULT_ROOT = "/opt/lineside"
 DEFAULT_MIN_FREE_MB = 512
 HTTP_TIMEOUT_S = 3.0
 
@@ -153,30 +154,17 @@ def check_disk(paths, min_free_mb):
 # ---- running them -------------------------------------------------------------------------
 def _from_config(path):
     """(bundle, engine dict, records db, url) from a run configuration."""
-    try:
-        from ..runtime.config import load_config, validate
-    except ImportError:                          # pragma: no cover - before edge.runtime.config lands
-        import yaml
-        with open(path) as f:
-            cfg = yaml.safe_load(f) or {}
-        base = os.path.dirname(os.path.abspath(path))
-        rel = lambda p: p if p is None or os.path.isabs(p) else os.path.join(base, p)  # noqa: E731
-        rec = cfg.get("records") or {}
-        cfg = {"bundle": rel(cfg.get("bundle")), "engine": cfg.get("engine") or {},
-               "records": {"db": rel(rec.get("db") if isinstance(rec, dict) else rec)},
-               "view": cfg.get("view")}
-    else:
-        cfg = validate(load_config(path), os.path.dirname(os.path.abspath(path)))
+    from ..runtime.config import load_config, validate
+    cfg = validate(load_config(path), os.path.dirname(os.path.abspath(path)))
     url = None
-    view = cfg.get("view")
-    if view:
-        host = view.get("host") or "127.0.0.1"
+    if cfg.view:
+        host = cfg.view.host or "127.0.0.1"
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        url = f"http://{host}:{view.get('port', 8080)}/healthz"
-    return cfg.get("bundle"), cfg.get("engine") or {}, (cfg.get("records") or {}).get("db"), url
+        url = f"http://{host}:{cfg.view.port}/healthz"
+    return cfg.bundle, dataclasses.asdict(cfg.engine), cfg.records.db, url
 
 
 def run_checks(bundle_path, engine="auto", precision="fp32", batch=1, dla=None, url=None,
@@ -221,9 +209,9 @@ def add_arguments(parser):
     where.add_argument("--bundle", help="check this bundle folder instead")
     parser.add_argument("--config", help="run configuration: bundle, engine, records.db and view "
                                          "(-> --url) from it; options given here win")
-    parser.add_argument("--engine", choices=("auto", "onnxruntime", "tensorrt", "none"),
+    parser.add_argument("--engine", choices=ENGINE_CHOICES + ("none",),
                         help="engine to try (default: the config's, else auto)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+    parser.add_argument("--precision", choices=PRECISIONS,
                         help="graph/plan precision (default: the config's, else fp32)")
     parser.add_argument("--batch", type=int, help="batch the TensorRT plan must serve (default: "
                                                   "the config's, else 1)")
@@ -244,7 +232,7 @@ def run(args):
     if args.bundle:
         bundle = args.bundle
     elif args.root or not bundle:
-        bundle = os.path.join(args.root or os.environ.get("LINESIDE_ROOT") or DEFAULT_ROOT, "current")
+        bundle = os.path.join(install_root(args.root), "current")
     batch = args.batch if args.batch is not None else int(engine.get("batch") or 1)
     if batch < 1:
         raise EdgeError(f"--batch must be 1 or more (got {batch})")
