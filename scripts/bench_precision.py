@@ -31,8 +31,9 @@ if ROOT not in sys.path:
 def bundle_for(method, data, work, size):
     out = os.path.join(work, method, os.path.basename(data.rstrip("/")))
     if not os.path.isfile(os.path.join(out, "manifest.yaml")):
+        from train.settings import TrainSettings
         from train.trainer import train_bundle
-        train_bundle(method, data, out, size=(size, size), evaluate=False)
+        train_bundle(TrainSettings(method, data, out, size=(size, size), evaluate=False))
     return out
 
 

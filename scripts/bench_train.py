@@ -50,12 +50,13 @@ def main():
     ap.add_argument("--method", default="patchcore")
     ap.add_argument("--json")
     args = ap.parse_args()
+    from train.settings import TrainSettings
     from train.trainer import train_bundle
     with tempfile.TemporaryDirectory() as tmp:
         make_set(tmp, args.images)
         out = os.path.join(tmp, "bundle")
         t = time.monotonic()
-        train_bundle(args.method, tmp, out, (args.size, args.size), evaluate=False)
+        train_bundle(TrainSettings(args.method, tmp, out, (args.size, args.size), evaluate=False))
         train_s = time.monotonic() - t
         from edge.bundle.manifest import Bundle
         m = Bundle(out).manifest

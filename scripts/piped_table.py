@@ -14,6 +14,7 @@ import numpy as np
 
 from train.cli import parse_params, parse_size
 from train.evaluate import evaluate_bundle
+from train.settings import TrainSettings
 from train.trainer import train_bundle
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "images_per_second")
@@ -39,8 +40,8 @@ def main():
         for c in cats:
             t = time.monotonic()
             out = os.path.join(tmp, c)
-            train_bundle(args.method, os.path.join(args.data, c), out, parse_size(args.size), args.backbone,
-                         sigma=args.sigma, method_params=parse_params(args.param), evaluate=False, border=args.border)
+            train_bundle(TrainSettings(args.method, os.path.join(args.data, c), out, parse_size(args.size), args.backbone,
+                                       sigma=args.sigma, method_params=parse_params(args.param), evaluate=False, border=args.border))
             res = evaluate_bundle(out, os.path.join(args.data, c), quiet=True)
             rows[c] = {k: res[k] for k in KEYS}
             rows[c]["train_s"] = time.monotonic() - t

@@ -9,6 +9,7 @@ import pytest
 from convert.graphcheck import check_graph
 from tests.helpers import PIPED
 from train.methods import METHODS
+from train.settings import TrainSettings
 from train.trainer import train_bundle
 
 CAT = os.path.join(PIPED, "PA_FLR01_TL")
@@ -17,7 +18,7 @@ CAT = os.path.join(PIPED, "PA_FLR01_TL")
 @pytest.fixture(scope="module", params=sorted(METHODS))
 def graph(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param) / "b"
-    train_bundle(request.param, CAT, str(out), (64, 96), evaluate=False)
+    train_bundle(TrainSettings(request.param, CAT, str(out), (64, 96), evaluate=False))
     return str(out / "model.onnx")
 
 

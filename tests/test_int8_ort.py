@@ -25,10 +25,11 @@ QUIET = lambda *a, **k: None  # noqa: E731
 
 
 def _bundle(method, tmp_path_factory):
+    from train.settings import TrainSettings
     from train.trainer import train_bundle
 
     out = str(tmp_path_factory.mktemp(method) / "bundle")
-    train_bundle(method, CAT, out, (128, 128), evaluate=False)
+    train_bundle(TrainSettings(method, CAT, out, (128, 128), evaluate=False))
     quantize_bundle(out, "int8", calib_images=12, trt=False, log=QUIET)
     return out
 
@@ -50,14 +51,15 @@ def resnet(tmp_path_factory):
     import torch
 
     from train.backbones import ResNet
+    from train.settings import TrainSettings
     from train.trainer import train_bundle
 
     folder = tmp_path_factory.mktemp("resnet")
     torch.manual_seed(0)
     torch.save(ResNet("resnet18").state_dict(), folder / "r18.pth")
     out = str(folder / "bundle")
-    train_bundle("padim", CAT, out, (96, 96), backbone="resnet18", weights=str(folder / "r18.pth"),
-                 strides=(8, 16), evaluate=False)
+    train_bundle(TrainSettings("padim", CAT, out, (96, 96), backbone="resnet18", weights=str(folder / "r18.pth"),
+                               strides=(8, 16), evaluate=False))
     quantize_bundle(out, "int8", calib_images=8, trt=False, log=QUIET)
     return out
 

@@ -27,10 +27,11 @@ INT8_SCORE_RTOL = 0.25
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    from train.settings import TrainSettings
     from train.trainer import train_bundle
 
     out = str(tmp_path_factory.mktemp("pc") / "bundle")
-    train_bundle("patchcore", CAT, out, (128, 128), evaluate=False)
+    train_bundle(TrainSettings("patchcore", CAT, out, (128, 128), evaluate=False))
     return out
 
 

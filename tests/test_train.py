@@ -14,6 +14,7 @@ from edge.runtime.preprocess import Preprocessor
 from tests.helpers import PIPED, edge
 from train.data import MvtecSet, load_test
 from train.export import torch_infer
+from train.settings import TrainSettings
 from train.trainer import train_bundle
 
 CAT = os.path.join(PIPED, "PA_BDP01_TL")
@@ -27,7 +28,7 @@ SCORE_RTOL = 1e-3
 @pytest.fixture(scope="module", params=["patchcore", "padim"])
 def trained(request, tmp_path_factory):
     out = str(tmp_path_factory.mktemp(request.param) / "bundle")
-    graph = train_bundle(request.param, CAT, out, SIZE, evaluate=True)
+    graph = train_bundle(TrainSettings(request.param, CAT, out, SIZE, evaluate=True))
     return request.param, out, graph
 
 
@@ -76,7 +77,7 @@ def test_evaluate_and_predict_commands(trained, tmp_path):
 def test_training_is_reproducible(trained, tmp_path):
     method, out, _ = trained
     again = str(tmp_path / "again")
-    train_bundle(method, CAT, again, SIZE, evaluate=False)
+    train_bundle(TrainSettings(method, CAT, again, SIZE, evaluate=False))
     a, b = Bundle(out).manifest, Bundle(again).manifest
     assert a["threshold"]["value"] == pytest.approx(b["threshold"]["value"], rel=1e-5)
     assert a["training"]["method_params"] == b["training"]["method_params"]
@@ -89,7 +90,7 @@ def test_validation_folder_sets_the_threshold(tmp_path):
     os.makedirs(root / "validation" / "good")
     for name in sorted(os.listdir(root / "train" / "good"))[:4]:
         shutil.move(str(root / "train" / "good" / name), root / "validation" / "good" / name)
-    train_bundle("padim", str(root), str(tmp_path / "b"), (64, 64), evaluate=False)
+    train_bundle(TrainSettings("padim", str(root), str(tmp_path / "b"), (64, 64), evaluate=False))
     m = Bundle(str(tmp_path / "b")).manifest
     assert m["threshold"]["source"] == "validation/good"
     assert m["training"]["fit_images"] == 28 and m["training"]["holdout_images"] == 4

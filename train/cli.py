@@ -1,6 +1,5 @@
 """`edge train`: good images in, a model bundle out."""
 
-import math
 import os
 
 from edge.common.errors import EdgeError
@@ -30,14 +29,6 @@ def parse_roi(text):
     if len(roi) != 4 or roi[2] <= 0 or roi[3] <= 0 or min(roi[:2]) < 0:
         raise EdgeError(f"--roi must be x,y,w,h in pixels of the source image, got '{text}'")
     return roi
-
-
-def check_split(holdout, sigma):
-    """--holdout is a fraction of train/good (0 < f < 1); --sigma a finite smoothing width >= 0."""
-    if not (isinstance(holdout, float) and 0 < holdout < 1):
-        raise EdgeError(f"--holdout must be a fraction between 0 and 1 (exclusive), got {holdout}")
-    if not (isinstance(sigma, float) and math.isfinite(sigma) and 0 <= sigma <= 64):
-        raise EdgeError(f"--sigma must be 0..64 pixels, got {sigma}")
 
 
 def parse_params(items):
@@ -76,16 +67,16 @@ def run(args):
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    from .settings import TrainSettings
     from .trainer import train_bundle
     if os.path.abspath(args.out) == os.path.abspath(args.data):
         raise EdgeError("--out must not be the data folder", args.out)
-    check_split(args.holdout, args.sigma)
+    settings = TrainSettings(args.method, args.data, args.out, parse_size(args.size), args.backbone, args.weights,
+                             parse_roi(args.roi), args.holdout, args.sigma, parse_params(args.param),
+                             evaluate=not args.no_eval and os.path.isdir(os.path.join(args.data, "test")),
+                             threads=args.threads)
     try:
-        params = parse_params(args.param)
-        train_bundle(args.method, args.data, args.out, parse_size(args.size), args.backbone, args.weights,
-                     parse_roi(args.roi), args.holdout, args.sigma, params,
-                     evaluate=not args.no_eval and os.path.isdir(os.path.join(args.data, "test")),
-                     threads=args.threads)
+        train_bundle(settings)
     except TypeError as exc:
         raise EdgeError(f"bad --param for {args.method}: {exc}") from None
     return 0

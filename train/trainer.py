@@ -69,10 +69,12 @@ def embed(graph, images, batch=16, progress=None):
     return torch.cat(out)
 
 
-def train_bundle(method, data, out, size=(256, 256), backbone="efficientnet-lite0", weights=None,
-                 roi=None, holdout=0.15, sigma=4.0, method_params=None, evaluate=True, threads=None, border=16,
-                 strides=(4, 8, 16)):
-    """Train, export, check and write the bundle at `out`; returns the PyTorch graph."""
+def train_bundle(settings):
+    """Train, export, check and write the bundle at `settings.out` (a TrainSettings); returns
+    the PyTorch graph."""
+    s = settings
+    method, data, out, size, backbone, roi, sigma, border, threads = (
+        s.method, s.data, s.out, s.size, s.backbone, s.roi, s.sigma, s.border, s.threads)
     t0 = time.monotonic()
     ds = MvtecSet(data)
     train_paths = ds.train_good()
@@ -80,11 +82,11 @@ def train_bundle(method, data, out, size=(256, 256), backbone="efficientnet-lite
     if val_paths:
         fit_paths, hold_paths, hold_from = train_paths, val_paths, "validation/good"
     else:
-        fit_paths, hold_paths = split_holdout(train_paths, holdout)
+        fit_paths, hold_paths = split_holdout(train_paths, s.holdout)
         hold_from = f"train/good, every {len(train_paths) / len(hold_paths):.1f}th image held out"
     pre = Preprocessor(size[0], size[1], roi)
-    model = get_method(method)(**(method_params or {}))
-    net = build_backbone(backbone, weights).select(strides)
+    model = get_method(method)(**s.method_params)
+    net = build_backbone(backbone, s.weights).select(s.strides)
     say(f"training {method} on {len(fit_paths)} good images of {ds.root} at {size[0]}x{size[1]} ({backbone})")
 
     fit_imgs = load_images(fit_paths, pre, Progress("reading images", len(fit_paths)))
@@ -134,7 +136,7 @@ def train_bundle(method, data, out, size=(256, 256), backbone="efficientnet-lite
         write_manifest(tmp, manifest)
         say(f"trained in {t_fit:.1f}s; threshold {threshold['value']:.4g} from {len(hold_paths)} held-out good images; "
             f"export agrees within {check['max_rel_score']:.2g} (relative score)")
-        if evaluate:
+        if s.evaluate:
             from .evaluate import evaluate_bundle
             evaluate_bundle(tmp, data, record=True, threads=threads)
     return graph
