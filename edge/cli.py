@@ -5,7 +5,9 @@ import argparse
 import importlib
 import sys
 
+from . import version_report
 from .common.errors import EdgeError
+from .common.logs import FORMATS, setup as setup_logging
 
 # name -> (module, one-line help). A module provides add_arguments(parser) and run(args) -> int.
 COMMANDS = {
@@ -24,30 +26,45 @@ COMMANDS = {
 }
 
 
-def build_parser(load_modules=True):
+def build_parser(command=None):
+    """The `edge` parser; only `command`'s module is imported to add its arguments."""
     parser = argparse.ArgumentParser(prog="edge", description="Visual anomaly detection for factory lines: "
                                      "train, convert, run line-side with reject signals.")
+    parser.add_argument("--version", action="store_true",
+                        help="print the toolkit's version and the inference runtimes found, then exit")
+    parser.add_argument("--log-format", choices=FORMATS, default="text",
+                        help="text (default; for a terminal) or json (one object per line, e.g. for journald)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        if load_modules and name == _wanted_command():
+        if name == command:
             importlib.import_module(module).add_arguments(p)
     return parser
 
 
-def _wanted_command():
-    for arg in sys.argv[1:]:
-        if not arg.startswith("-"):
+def _command_in(argv):
+    """The subcommand named in argv: the first word that is neither an option nor its value."""
+    words = iter(argv)
+    for arg in words:
+        if arg in _TAKES_VALUE:
+            next(words, None)
+        elif not arg.startswith("-"):
             return arg
     return None
 
 
+_TAKES_VALUE = ("--log-format",)
+
+
 def main(argv=None):
-    if argv is not None:
-        sys.argv = [sys.argv[0]] + list(argv)
-    parser = build_parser()
-    args = parser.parse_args()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    parser = build_parser(_command_in(argv))
+    args = parser.parse_args(argv)
+    setup_logging(args.log_format)
+    if args.version:
+        print(version_report())
+        return 0
     if not args.command:
         parser.print_help()
         return 2

@@ -1,5 +1,6 @@
 """Progress for long work: a bar on a terminal, a line every few seconds in a log."""
 
+import logging
 import sys
 import time
 
@@ -37,7 +38,6 @@ class Progress:
         self.stream.flush()
 
 
-def say(msg, stream=None):
-    stream = stream or sys.stderr
-    stream.write(msg + "\n")
-    stream.flush()
+def say(msg):
+    """A line of news about long work, through the logging setup (edge.common.logs)."""
+    logging.getLogger("edge").info(msg)
