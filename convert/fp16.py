@@ -27,7 +27,7 @@ def convert_fp16(model, head_nodes):
     from onnxruntime.transformers.onnx_model import OnnxModel
     OnnxModel.graph_topological_sort(out.graph, is_deterministic=True)
     out = drop_round_trips(out)
-    _check_fp16(out, head_nodes)
+    _check_fp16(out)
     return out
 
 
@@ -78,8 +78,9 @@ def drop_round_trips(model):
     return model
 
 
-def _check_fp16(model, head_nodes):
-    """The converter must have produced FP16 weights and left every head initialiser FP32."""
+def _check_fp16(model):
+    """The converter must have produced FP16 weights, and a graph the ONNX checker accepts.
+    (That the head stays FP32 is checked by tests/test_quantize.py.)"""
     n16 = sum(1 for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16)
     if n16 == 0:
         raise RuntimeError("FP16 conversion left no FP16 weights in the graph")

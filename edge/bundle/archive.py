@@ -181,5 +181,3 @@ def pack(bundle_path, out_path):
         if gz is not None:
             gz.close()
     return sha256_file(out_path)
-
-

@@ -112,8 +112,6 @@ def _json(obj):
     return json.dumps(obj, default=json_default, sort_keys=True)
 
 
-
-
 def bundle_sha256(bundle_path):
     """An identity for a bundle: the sha256 of its manifest (which lists every file's sha256)
     for a folder, of the file itself for an archive; None when absent."""
