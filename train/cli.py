@@ -7,6 +7,9 @@ from edge.common.errors import EdgeError
 from .methods import METHODS
 
 
+FLAGS = {"method_params": "--param"}      # TrainSettings keys whose option is named otherwise
+
+
 def parse_size(text):
     try:
         parts = [int(v) for v in text.lower().split("x")]
@@ -14,8 +17,8 @@ def parse_size(text):
         parts = []
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or min(parts) < 32 or max(parts) > 4096:
-        raise EdgeError(f"--size must be N or HxW with 32..4096 pixels, got '{text}'")
+    if len(parts) != 2:
+        raise EdgeError(f"--size must be N or HxW in pixels, got '{text}'")
     return tuple(parts)
 
 
@@ -26,9 +29,9 @@ def parse_roi(text):
         roi = [int(v) for v in text.split(",")]
     except ValueError:
         roi = []
-    if len(roi) != 4 or roi[2] <= 0 or roi[3] <= 0 or min(roi[:2]) < 0:
+    if len(roi) != 4:
         raise EdgeError(f"--roi must be x,y,w,h in pixels of the source image, got '{text}'")
-    return roi
+    return tuple(roi)
 
 
 def parse_params(items):
@@ -71,10 +74,16 @@ def run(args):
     from .trainer import train_bundle
     if os.path.abspath(args.out) == os.path.abspath(args.data):
         raise EdgeError("--out must not be the data folder", args.out)
-    settings = TrainSettings(args.method, args.data, args.out, parse_size(args.size), args.backbone, args.weights,
-                             parse_roi(args.roi), args.holdout, args.sigma, parse_params(args.param),
-                             evaluate=not args.no_eval and os.path.isdir(os.path.join(args.data, "test")),
-                             threads=args.threads)
+    try:
+        settings = TrainSettings(args.method, args.data, args.out, parse_size(args.size), args.backbone, args.weights,
+                                 parse_roi(args.roi), args.holdout, args.sigma, parse_params(args.param),
+                                 evaluate=not args.no_eval and os.path.isdir(os.path.join(args.data, "test")),
+                                 threads=args.threads)
+    except EdgeError as exc:                     # name the option rather than the setting
+        key = (exc.where or "").partition("training.")[2]
+        if not key:
+            raise
+        raise EdgeError(exc.reason, FLAGS.get(key, "--" + key.replace("_", "-"))) from None
     try:
         train_bundle(settings)
     except TypeError as exc:

@@ -34,12 +34,13 @@ class TrainSettings:
                 _bad(key, f"must be a non-empty string, got {getattr(self, key)!r}")
         size = tuple(self.size)
         if len(size) != 2 or not all(_is_int(v) and 32 <= v <= 4096 for v in size):
-            _bad("size", f"must be height, width with 32..4096 pixels, got {self.size!r}")
+            _bad("size", f"must be N or HxW with 32..4096 pixels, got {'x'.join(map(str, size))}")
         object.__setattr__(self, "size", size)
         if self.roi is not None:
             roi = tuple(self.roi)
             if len(roi) != 4 or not all(_is_int(v) for v in roi) or min(roi[:2]) < 0 or min(roi[2:]) <= 0:
-                _bad("roi", f"must be x, y, w, h in pixels (w, h > 0), got {self.roi!r}")
+                _bad("roi", f"must be x,y,w,h in pixels of the source image (w, h > 0), got "
+                            f"{','.join(map(str, roi))}")
             object.__setattr__(self, "roi", roi)
         if not _is_num(self.holdout) or not 0 < self.holdout < 1:
             _bad("holdout", f"must be a fraction between 0 and 1 (exclusive), got {self.holdout!r}")

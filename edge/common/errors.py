@@ -6,4 +6,5 @@ class EdgeError(Exception):
 
     def __init__(self, message, where=None):
         self.where = where
+        self.reason = message
         super().__init__(f"{where}: {message}" if where else message)

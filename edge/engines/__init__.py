@@ -52,9 +52,15 @@ def check_input_size(bundle, shape, graph_path):
                             os.path.join(bundle.path, "manifest.yaml"))
 
 
-def open_engine(bundle, kind="auto", precision="fp32", batch=1, **options):
+def resolve_kind(kind):
+    """The engine `kind` names: "auto" is TensorRT where it and a GPU are present, else ONNX Runtime."""
     if kind == "auto":
-        kind = "tensorrt" if tensorrt_available() else "onnxruntime"
+        return "tensorrt" if tensorrt_available() else "onnxruntime"
+    return kind
+
+
+def open_engine(bundle, kind="auto", precision="fp32", batch=1, **options):
+    kind = resolve_kind(kind)
     if kind == "onnxruntime":
         from .onnxrt import OrtEngine
         options.pop("dla", None)        # a DLA core means nothing to ONNX Runtime

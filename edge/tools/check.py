@@ -56,10 +56,9 @@ def check_bundle(path):
 
 
 def check_engine(bundle, kind="auto", precision="fp32", batch=1, dla=None):
-    from ..engines import tensorrt_available
+    from ..engines import resolve_kind
 
-    if kind == "auto":
-        kind = "tensorrt" if tensorrt_available() else "onnxruntime"
+    kind = resolve_kind(kind)
     try:
         if kind == "onnxruntime":
             from ..engines import open_engine
