@@ -64,5 +64,4 @@ def setup(fmt="text", level=logging.INFO):
             logger.removeHandler(old)
         logger.addHandler(handler)
         logger.setLevel(level)
-        logger.propagate = False
     return handler
