@@ -1,5 +1,7 @@
-"""The run configuration (`edge run CONFIG.yaml`), validated up front: an error names the key
-path and the value at fault. See deploy/config/example.yaml for a commented example.
+"""The run configuration (`edge run CONFIG.yaml`): read as strict YAML (a key given twice is
+an error), checked once by validate() into a RunConfig of frozen dataclasses, the only form
+the rest of the runtime sees. An error names the key path and the value at fault. See
+deploy/config/example.yaml for a commented example.
 
     bundle: /opt/lineside/current
     source: file:///data/line.mp4          # or {uri: ..., options: {...}}
