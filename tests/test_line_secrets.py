@@ -87,10 +87,10 @@ def test_relative_files_are_taken_from_the_config_folder_and_the_records_hold_no
     monkeypatch.setenv("LINESIDE_PW", PW)
     raw = {"bundle": "b", "source": "folder", "line": mqtt(password_env="LINESIDE_PW", tls={"ca_file": "pki/ca.pem"})}
     cfg = validate(raw, str(tmp_path))
-    o = cfg["line"]["outputs"][0]
+    o = cfg.line["outputs"][0]
     assert o["tls"]["ca_file"] == str(tmp_path / "pki" / "ca.pem") and o["port"] == 8883
     store = RecordStore(str(tmp_path / "records.db"), str(tmp_path / "images"))
-    store.start_run("b", cfg)
+    store.start_run("b", cfg.to_dict())
     store.close()
     con = sqlite3.connect(tmp_path / "records.db")
     (stored,) = con.execute("SELECT config FROM runs").fetchone()

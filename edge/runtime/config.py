@@ -100,8 +100,15 @@ class RunConfig:
                                 max_frames=self.max_frames, save=self.records.save)
 
     def to_dict(self):
-        """Plain data (for the run's row in the record store)."""
-        return dataclasses.asdict(self)
+        """Plain data (for the run's row in the record store). Not dataclasses.asdict: that
+        deep-copies the values, and a line secret (edge.outputs.secrets) refuses to be copied."""
+        return _plain(self)
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
 
 
 def load_config(path):
