@@ -4,6 +4,7 @@ runs the graph with ONNX Runtime. The real thing is checked by the gpu-marked te
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import types
 
@@ -241,7 +242,7 @@ def test_dla_plan_found_through_the_run_config(setup, tmp_path):
            "engine": {"kind": "tensorrt", "precision": "fp32", "batch": 2, "dla": 0},
            "records": {"db": str(tmp_path / "r.db")}}
     cfg = config_mod.validate(raw, str(tmp_path))
-    assert cfg["engine"]["dla"] == 0
+    assert cfg.engine.dla == 0
     parts = open_parts(cfg)
     try:
         eng = parts["engine"]
@@ -251,7 +252,7 @@ def test_dla_plan_found_through_the_run_config(setup, tmp_path):
     finally:
         close_parts(parts)
     # without the key the DLA plan is not the one asked for: refused, with the right command
-    cfg["engine"]["dla"] = None
+    cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, dla=None))
     with pytest.raises(EdgeError, match=r"dla is 0 \(here: None\)"):
         open_parts(cfg)
     with pytest.raises(EdgeError) as err:
