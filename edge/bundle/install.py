@@ -48,7 +48,7 @@ from .archive import (ARCHIVE_SUFFIXES, MAX_UNPACKED_MB, _find_bundle_root, chec
 from .identity import ID_FILE, bundle_id  # noqa: F401 (install.bundle_id: the one bundle id)
 from . import signing
 from ..common.fsutil import StagedDir, _fsync_dir, atomic_write_text
-from ..common.names import DEFAULT_ROOT, install_root as default_root
+from ..common.names import install_root
 
 DEFAULT_KEEP = 3
 BUNDLES = "bundles"
@@ -60,7 +60,7 @@ LOCK = ".lock"
 
 def _root(root):
     """The install root as an absolute path; EdgeError when it exists and is not a folder."""
-    root = os.path.abspath(root or default_root())
+    root = os.path.abspath(install_root(root))
     if os.path.exists(root) and not os.path.isdir(root):
         raise EdgeError("install root is not a folder", root)
     return root

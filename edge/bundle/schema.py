@@ -14,9 +14,9 @@ import posixpath
 import re
 
 from ..common.errors import EdgeError
+from ..common.names import PRECISIONS
 from .identity import ID_FILE
 
-PRECISIONS = ("fp32", "fp16", "int8")
 LAYOUTS = ("NHWC", "NCHW")
 COLOUR_ORDERS = ("RGB", "BGR")
 MAX_SIDE = 16384                       # graph input height/width

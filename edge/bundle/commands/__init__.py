@@ -2,7 +2,7 @@
 table expects): `edge install`, `edge rollback`, `edge bundles` over edge.bundle.install,
 `edge pack` over edge.bundle.archive."""
 
-from ..install import DEFAULT_ROOT
+from ...common.names import DEFAULT_ROOT
 
 
 def add_root(parser):

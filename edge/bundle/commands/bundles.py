@@ -5,7 +5,8 @@ import json
 import os
 import time
 
-from ..install import default_root, list_bundles
+from ...common.names import install_root
+from ..install import list_bundles
 from . import add_root
 
 
@@ -20,7 +21,7 @@ def run(args):
     if args.json:
         print(json.dumps(rows, indent=1))
     elif not rows:
-        print(f"no bundles installed under {os.path.abspath(args.root or default_root())}")
+        print(f"no bundles installed under {os.path.abspath(install_root(args.root))}")
     for row in rows if not args.json else ():
         when = (time.strftime("%Y-%m-%d %H:%M", time.localtime(row["installed"]))
                 if row["installed"] else "?")
