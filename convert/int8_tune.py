@@ -1,19 +1,20 @@
 """INT8 for TensorRT: which backbone layers stay out of INT8, chosen by measured sensitivity.
 
 TensorRT needs symmetric int8 activations (zero point 0), so a ReLU6 output, never negative,
-uses half of the int8 range; a few layers then carry most of the quantization error. Which
-ones depends on the data (on PIPED none mattered; on steel spindles (bsdata) a few did).
-Measured, not guessed:
+uses half of the int8 range. How much that costs depends on the data (on PIPED the mean score
+error was 2-3 % of the threshold; on steel spindles (bsdata) 16 %, spread over the whole
+backbone). Measured, not guessed:
 
   1. the whole backbone quantized; its Q/DQ simulated in float (convert.qdq_float), run on
-     the calibration images: the score error against FP32 (mean |int8 - FP32| relative to
-     the bundle's threshold);
-  2. each quantized convolution in turn left in float (its input Q/DQ and weight Q/DQ
-     bypassed): how much of that error goes away;
-  3. the most sensitive convolutions, greedily, until the error is within TARGET_ERROR or
-     MAX_FLOAT_LAYERS are out of INT8.
+     SENSITIVITY_IMAGES calibration images: the score error against FP32 (mean
+     |int8 - FP32| relative to the bundle's threshold);
+  2. if that is over TARGET_ERROR: each quantized convolution or residual add in turn left in
+     float (its input Q/DQ, and a convolution's weight Q/DQ, bypassed): how much of the error
+     goes away;
+  3. the most sensitive layers, greedily (each kept only if it lowers the error), until the
+     error is within TARGET_ERROR or MAX_FLOAT_LAYERS are out of INT8.
 
-The layers kept out of INT8 run in FP16 on TensorRT: their input is cast to FP16, their
+The layers kept out of INT8 run in FP16 on TensorRT: their inputs are cast to FP16, their
 weights and bias stored in FP16, their output cast back (TensorRT builds strongly typed
 networks, so the graph states the precision).
 """

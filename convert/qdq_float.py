@@ -70,9 +70,17 @@ class _Rewriter:
         qtype = self.inits[n.input[2]].data_type if z is not None else TensorProto.UINT8
         if qtype not in _RANGES:
             raise EdgeError(f"QuantizeLinear {n.name}: type {TensorProto.DataType.Name(qtype)} not supported")
+        lo, hi = _RANGES[qtype]
+        x = self.array(n.input[0])
+        if x is not None:                                       # a constant (weights): fold
+            axis = self._axis(n)
+            q = np.clip(np.round(x.astype(np.float64) / self._per_axis(s, x.ndim, axis))
+                        + (0 if z is None else self._per_axis(z, x.ndim, axis)), lo, hi)
+            self.model.graph.initializer.append(numpy_helper.from_array(q.astype(np.float32), n.output[0]))
+            self.inits[n.output[0]] = self.model.graph.initializer[-1]
+            return []
         if s.size != 1:
             raise EdgeError(f"QuantizeLinear {n.name}: per-axis activation scales are not supported")
-        lo, hi = _RANGES[qtype]
         zf = 0.0 if z is None else float(np.asarray(z).reshape(-1)[0])
         p, out = n.name, n.output[0]
         nodes = [self.node("Div", [n.input[0], self.const(p, np.float32(s.reshape(())))], out + "/div", p + "/div"),
