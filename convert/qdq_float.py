@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edge.errors import EdgeError
+from edge.common.errors import EdgeError
 
 _RANGES = {TensorProto.INT8: (-128, 127), TensorProto.UINT8: (0, 255),
            TensorProto.INT16: (-32768, 32767), TensorProto.UINT16: (0, 65535)}

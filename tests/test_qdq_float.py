@@ -125,7 +125,7 @@ def test_eight_bit_weights_saturate_where_pairs_sum_in_16_bits():
 
 
 def test_refuses_what_it_cannot_rewrite():
-    from edge.errors import EdgeError
+    from edge.common.errors import EdgeError
 
     g = helper.make_graph(
         [helper.make_node("QuantizeLinear", ["x", "s"], ["q"], name="q")], "g",
