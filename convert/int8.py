@@ -52,10 +52,12 @@ def backbone_targets(model, backbone_nodes, ops=("Conv",), skip=()):
         n.op_type in ops or (n.op_type == "Add" and not any(t in inits for t in n.input)))]
 
 
-def quantize_qdq(model, images, targets, op_types, activations, method, extra, percentile=99.999):
+def quantize_qdq(model, images, targets, op_types, activations, method, extra, percentile=99.999,
+                 reduce_range=False):
     """onnxruntime's static QDQ quantization of `targets` (node names) in a ModelProto, int8
     symmetric per-channel weights, float biases, calibrated on `images`; `activations`:
-    "int8" or "uint8"; `extra`: more of quantize_static's extra_options."""
+    "int8" or "uint8"; `extra`: more of quantize_static's extra_options; `reduce_range`: 7-bit
+    weights (-64..64)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -70,22 +72,29 @@ def quantize_qdq(model, images, targets, op_types, activations, method, extra, p
         onnx.save(model, src)
         quantize_static(
             src, dst, _Reader(images), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
-            per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
+            per_channel=True, reduce_range=reduce_range, activation_type=act, weight_type=QuantType.QInt8,
             nodes_to_quantize=targets, calibrate_method=cm, extra_options=options)
         return onnx.load(dst)
 
 
-def convert_int8(model, backbone_nodes, images, method=DEFAULT_CALIBRATION, percentile=99.999, dedicated=True):
+def convert_int8(model, backbone_nodes, images, method=DEFAULT_CALIBRATION, percentile=None, dedicated=True,
+                 skip=()):
     """FP32 ModelProto (pre-processed) -> QDQ ModelProto with `backbone_nodes` (names) quantized,
-    calibrated on `images` (N x H x W x 3 uint8, the bundle's preprocessing)."""
+    calibrated on `images` (N x H x W x 3 uint8, the bundle's preprocessing): activation
+    ranges by convert.calibrate (max, percentile or entropy)."""
+    from . import calibrate
+
+    targets = backbone_targets(model, backbone_nodes, skip=skip)
+    value_ranges = calibrate.ranges(model, calibrate.activation_tensors(model, targets), images, method,
+                                    percentile or calibrate.DEFAULT_PERCENTILE)
     extra = {
         "ActivationSymmetric": True,    # zero point 0 (TensorRT)
         # One Q/DQ pair per consumer: ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv only
         # when each pair has one consumer (a residual branch otherwise stays in FP32).
         "DedicatedQDQPair": dedicated,
+        "TensorQuantOverrides": calibrate.overrides(value_ranges),
     }
-    return quantize_qdq(model, images, backbone_targets(model, backbone_nodes), QUANTIZED_OPS, "int8", method,
-                        extra, percentile)
+    return quantize_qdq(model, images, targets, QUANTIZED_OPS, "int8", "minmax", extra)
 
 
 def int8_summary(model):
@@ -94,3 +103,27 @@ def int8_summary(model):
     return {"quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
             "int8_initializers": sum(1 for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8),
             "int32_initializers": sum(1 for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT32)}
+
+
+def float_feature_taps(model, backbone_nodes):
+    """The head reads the backbone's features unquantized: a head node reading a
+    DequantizeLinear of a QuantizeLinear reads the Q's float input instead (the backbone's
+    next layer keeps its quantized input). In place; returns how many inputs changed."""
+    from .int8_ort import prune
+
+    prod = {o: n for n in model.graph.node for o in n.output}
+    inside = set(backbone_nodes)
+    changed = 0
+    for n in model.graph.node:
+        if n.name in inside or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for k, t in enumerate(n.input):
+            dq = prod.get(t)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = prod.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                n.input[k] = q.input[0]
+                changed += 1
+    prune(model)
+    return changed

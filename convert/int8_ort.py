@@ -3,6 +3,12 @@ and Arm kernels are fast on. TensorRT cannot take this graph; `convert.int8` wri
 can, and `edge quantize --precision int8` writes both (docs/precision.md).
 
 Where it differs from the TensorRT graph, each for a measured reason:
+  * weights in 7 bits (-64..64, per channel, symmetric), in the backbone and in the heads' int8
+    products. ONNX Runtime's u8 x s8 kernels on x86 with AVX2 or AVX-512 but without VNNI add
+    two products in 16 bits with saturation (VPMADDUBSW): 2 x 255 x 127 does not fit, 2 x 255
+    x 64 does. With 8-bit weights the same graph scored up to 9 % of the threshold away from
+    its own arithmetic on such a CPU; with 7 bits, within 1 %, as on VNNI and Arm, whose
+    kernels do not saturate (docs/precision.md).
   * activations uint8, asymmetric per tensor (weights stay int8, symmetric, per channel; biases
     float). ONNX Runtime's fast int8 kernels are u8 x s8; its own int8 -> uint8 rewrite stops at
     residual forks, and with an asymmetric range the ReLU6 folds into the quantization.
@@ -23,6 +29,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edge.common.errors import EdgeError
 
 INPUT_ZERO_POINT = 128
+WEIGHT_BITS = 7
+WEIGHT_MAX = {7: 64, 8: 127}
 
 
 def _inits(model):
@@ -183,7 +191,7 @@ def find_nn_head(model):
     return None
 
 
-def int8_search(model, head, f_range):
+def int8_search(model, head, f_range, weight_max=127):
     """PatchCore's |b|^2 - 2 f.b against every bank entry as one MatMulIntegerToFloat: features
     uint8 (per tensor, calibrated), bank int8 (per entry, symmetric), the bank norms as its FP32
     bias. The minimum and |f|^2 that finish the distance stay FP32."""
@@ -191,8 +199,8 @@ def int8_search(model, head, f_range):
     inits = _inits(model)
     bt_m2 = numpy_helper.to_array(inits[mm.input[1]]).astype(np.float64)          # D x K, = -2 bank^T
     bsq = numpy_helper.to_array(inits[next(x for x in bias.input if x in inits)]).astype(np.float32)
-    col_scale = np.maximum(np.abs(bt_m2).max(axis=0), 1e-12) / 127.0
-    bq = np.clip(np.round(bt_m2 / col_scale), -127, 127).astype(np.int8)
+    col_scale = np.maximum(np.abs(bt_m2).max(axis=0), 1e-12) / weight_max
+    bq = np.clip(np.round(bt_m2 / col_scale), -weight_max, weight_max).astype(np.int8)
     f_scale, f_zp = _uint8_params(f_range)
     p = "nn_search/"
     names = {k: _add_init(model, p + k, v) for k, v in {
@@ -239,14 +247,14 @@ def find_mahalanobis_head(model):
     return None
 
 
-def int8_covariance_product(model, mm, d_range):
+def int8_covariance_product(model, mm, d_range, weight_max=127):
     """diff @ inv_cov with the left factor uint8 (per tensor) and the inverse covariances int8
     (per position and column, symmetric): an int32 MatMulInteger, scaled back to FP32; the
     product with diff and the sum that finish the distance stay FP32."""
     inits = _inits(model)
     a = numpy_helper.to_array(inits[mm.input[1]]).astype(np.float64)                 # P x d x d
-    col_scale = np.maximum(np.abs(a).max(axis=1, keepdims=True), 1e-30) / 127.0       # P x 1 x d
-    aq = np.clip(np.round(a / col_scale), -127, 127).astype(np.int8)
+    col_scale = np.maximum(np.abs(a).max(axis=1, keepdims=True), 1e-30) / weight_max  # P x 1 x d
+    aq = np.clip(np.round(a / col_scale), -weight_max, weight_max).astype(np.int8)
     d_scale, d_zp = _uint8_params(d_range)
     p = "cov_product/"
     names = {k: _add_init(model, p + k, v) for k, v in {
@@ -308,7 +316,7 @@ def feature_taps(model, backbone_nodes):
     return {n.name for n in model.graph.node if n.name in backbone_nodes and any(o in outside for o in n.output)}
 
 
-def convert_int8_ort(model, backbone_nodes, images, method="minmax"):
+def convert_int8_ort(model, backbone_nodes, images, method="minmax", weight_bits=None):
     """Pre-processed FP32 ModelProto -> (QDQ ModelProto for ONNX Runtime, details)."""
     from .int8 import backbone_targets, quantize_qdq
 
@@ -322,20 +330,23 @@ def convert_int8_ort(model, backbone_nodes, images, method="minmax"):
     stem = fold_normalisation(src)
     prune(src)                                        # the stem's unfolded weights
     targets = backbone_targets(src, backbone_nodes, ("Conv", "Clip"), skip=taps)
+    weight_bits = weight_bits or WEIGHT_BITS
     out = quantize_qdq(src, images, targets, ("Conv", "Add", "Clip"), "uint8", method,
-                       {"ActivationSymmetric": False})
+                       {"ActivationSymmetric": False}, reduce_range=weight_bits == 7)
+    wmax = WEIGHT_MAX[weight_bits]
     if stem is not None:
         frames_as_quantized_input(out, stem)
     if head is not None:
-        int8_search(out, find_nn_head(out), f_range)
+        int8_search(out, find_nn_head(out), f_range, wmax)
     if cov is not None:
-        int8_covariance_product(out, find_mahalanobis_head(out), d_range)
+        int8_covariance_product(out, find_mahalanobis_head(out), d_range, wmax)
     prune(out)
     onnx.checker.check_model(out)
     heads = {"patchcore": "features x memory bank in int8 (MatMulIntegerToFloat); minimum, norms in FP32",
              "padim": "differences x inverse covariances in int8 (MatMulInteger); the rest in FP32"}
     ops = [n.op_type for n in out.graph.node]
-    details = {"format": "QDQ (ONNX Runtime form)", "weights": "int8 symmetric per-channel",
+    details = {"format": "QDQ (ONNX Runtime form)",
+               "weights": f"int8 symmetric per-channel, {weight_bits}-bit range (-{wmax}..{wmax})",
                "activations": "uint8 asymmetric per-tensor", "bias": "float",
                "input": "uint8 frames, normalisation folded into the stem" if stem is not None else "normalised in FP32",
                "head": heads["patchcore"] if head is not None else heads["padim"] if cov is not None else "FP32",

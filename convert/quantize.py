@@ -2,7 +2,7 @@
 
     edge quantize BUNDLE --precision fp16|int8 [--calib-images N] [--calib-data ROOT]
                          [--calib-method minmax|entropy|percentile] [--eval-data ROOT]
-                         [--max-drop X] [--no-trt-check]
+                         [--max-drop X] [--max-changed F] [--force] [--no-trt-check]
 
 Precision lives in the graph, as TensorRT 10/11 want it (strongly typed networks; no builder
 FP16/INT8 flags, no calibrators): FP16 casts (convert/fp16.py) or INT8 Q/DQ pairs
@@ -17,9 +17,13 @@ Steps, atomic for the bundle:
   3. check it: convert.graphcheck, and a TensorRT (or TensorRT-RTX) parse-and-build;
   4. evaluate it and FP32 under ONNX Runtime on the same images: the test split of the
      bundle's training data set (or --eval-data) for image AUROC of both, plus the largest
-     score and map differences; without a test split, held-out good images (differences only);
-  5. refuse it (EdgeError, exit 2, bundle unchanged) when it fails a check or loses more than
-     --max-drop image AUROC (a fraction: 0.01 = one point);
+     score and map differences; without a test split, held-out good images (differences only).
+     INT8 for TensorRT runs with its Q/DQ simulated in float (convert.qdq_float: what
+     TensorRT computes, whatever this CPU's integer kernels do); INT8 for ONNX Runtime with
+     this CPU's integer kernels, checked against that simulation;
+  5. refuse it (EdgeError, exit 2, bundle unchanged) when it fails a check or is over the
+     budget (`budget`: 0.01 image AUROC, 5 % changed verdicts, integer kernels within 3 % of
+     the threshold of the float simulation), unless --force;
   6. rename it to model.fp16.onnx / model.int8.onnx and record it in the manifest: `graphs`
      (file, details, accuracy, and its own threshold: the bundle's rule applied to the
      variant's scores on the same held-out good images) and `files` (sha256).
@@ -279,10 +283,12 @@ def variant_threshold(bundle, variant_path, batch=8, threads=None):
 
 
 def compare(bundle, variant_path, images, labels=None, masks=None, batch=8, threads=None, ref=None,
-            own_threshold=None):
+            own_threshold=None, float_path=None):
     """FP32 and the variant under ONNX Runtime on the same images: AUROC of both (with labels),
     the largest score and map differences, decisions changed at the bundle's threshold (and at
-    the variant's own threshold, if given). `ref`: FP32 (maps, scores) already computed."""
+    the variant's own threshold, if given). `ref`: FP32 (maps, scores) already computed.
+    `float_path`: the variant's Q/DQ simulated in float (convert.qdq_float); its largest score
+    difference from the variant as ONNX Runtime runs it on this CPU is recorded too."""
     from edge.engines.onnxrt import OrtEngine
     from edge.common import metrics
     from train.evaluate import run_engine
@@ -294,11 +300,15 @@ def compare(bundle, variant_path, images, labels=None, masks=None, batch=8, thre
     maps, scores, _ = run_engine(eng, images, batch)
     rmaps, rscores = ref
     thr = bundle.threshold
-    res = {"images": int(len(images)),
+    res = {}
+    if float_path is not None:
+        fscores = run_engine(OrtEngine(float_path, threads=threads), images, batch)[1]
+        res["integer_vs_float_max_rel"] = float(np.abs(scores - fscores).max() / max(abs(thr), 1e-12))
+    res.update({"images": int(len(images)),
            "max_score_diff": float(np.abs(scores - rscores).max()),
            "max_score_diff_rel": float(np.abs(scores - rscores).max() / max(abs(thr), 1e-12)),
            "max_map_diff": float(np.abs(maps - rmaps).max()),
-           "decisions_changed": int(((scores > thr) != (rscores > thr)).sum())}
+           "decisions_changed": int(((scores > thr) != (rscores > thr)).sum())})
     if own_threshold is not None:
         res["decisions_changed_own_threshold"] = int(((scores > own_threshold) != (rscores > thr)).sum())
     if labels is not None and labels.min() != labels.max():
@@ -330,8 +340,10 @@ def trt_check(graph_path, precision):
 
 
 # ---- the variant ----------------------------------------------------------------------
-def make_variant(model, precision, calib_images=None, calib_method=None):
-    """(variant ModelProto, details dict) from a pre-processed FP32 ModelProto."""
+def make_variant(model, precision, calib_images=None, calib_method=None, threshold=None, log=None):
+    """(variant ModelProto, details dict) from a pre-processed FP32 ModelProto. INT8 with a
+    `threshold` (the bundle's): the layers most sensitive to INT8 are kept in FP16
+    (convert.int8_tune)."""
     backbone, head = split_graph(model)
     details = {"backbone_nodes": len(backbone), "fp32_nodes": len(head)}
     if precision == "fp16":
@@ -342,6 +354,9 @@ def make_variant(model, precision, calib_images=None, calib_method=None):
         from .int8 import DEFAULT_CALIBRATION, convert_int8, int8_summary
         calib_method = calib_method or DEFAULT_CALIBRATION
         out = convert_int8(model, backbone, calib_images, calib_method)
+        if threshold is not None:
+            from .int8_tune import keep_sensitive_layers
+            out, details["sensitivity"] = keep_sensitive_layers(out, model, calib_images, threshold, log=log)
         details.update(int8_summary(out), format="QDQ", weights="int8 symmetric per-channel",
                        activations="int8 symmetric per-tensor", bias="float",
                        calibration={"method": calib_method, "images": int(len(calib_images))})
@@ -350,12 +365,49 @@ def make_variant(model, precision, calib_images=None, calib_method=None):
     return drop_unused_opsets(out), details
 
 
-def _check_variant(bundle, path, precision, trt, eval_data, max_drop, batch, threads, ref=None, label=None,
+DEFAULT_MAX_DROP = 0.01          # image AUROC, as a fraction
+DEFAULT_MAX_CHANGED = 0.05       # share of evaluation images whose verdict changes
+KERNEL_TOLERANCE = 0.03          # integer kernels vs the float simulation, share of the threshold
+
+
+def budget(max_drop=None, max_changed=None, force=False):
+    """The refusal budget: {max_drop, max_changed, kernel_tolerance, force, drop_required}.
+    `max_drop` None: the default, skipped where the evaluation images have no labels; given:
+    required."""
+    for name, v in (("--max-drop", max_drop), ("--max-changed", max_changed)):
+        if v is not None and not 0 <= v <= 1:
+            raise EdgeError(f"{name} {v}: a fraction between 0 and 1 (0.01 = one AUROC point or 1 % of images)")
+    return {"max_drop": DEFAULT_MAX_DROP if max_drop is None else float(max_drop),
+            "max_changed": DEFAULT_MAX_CHANGED if max_changed is None else float(max_changed),
+            "kernel_tolerance": KERNEL_TOLERANCE, "force": bool(force), "drop_required": max_drop is not None}
+
+
+def over_budget(acc, limits):
+    """Why the variant's accuracy `acc` is over the budget `limits` (a list of reasons)."""
+    why = []
+    if "auroc_drop" in acc and acc["auroc_drop"] > limits["max_drop"] + 1e-12:
+        why.append(f"image AUROC {acc['image_auroc']:.4f} vs {acc['image_auroc_fp32']:.4f} in FP32, a drop of "
+                   f"{acc['auroc_drop']:.4f} > --max-drop {limits['max_drop']:g}")
+    changed = acc.get("decisions_changed_own_threshold", acc["decisions_changed"])
+    if changed > limits["max_changed"] * acc["images"] + 1e-9:
+        why.append(f"{changed} of {acc['images']} verdicts changed at its threshold "
+                   f"({changed / acc['images']:.1%} > --max-changed {limits['max_changed']:.1%})")
+    if acc.get("integer_vs_float_max_rel", 0) > limits["kernel_tolerance"]:
+        why.append(f"this CPU's integer kernels ({acc['evaluated_on']}) differ from the quantized arithmetic by "
+                   f"{acc['integer_vs_float_max_rel']:.1%} of the threshold (> {limits['kernel_tolerance']:.0%}): "
+                   f"they saturate")
+    return why
+
+
+def _check_variant(bundle, path, precision, trt, eval_data, limits, batch, threads, ref=None, label=None,
                    for_tensorrt=True):
     """Graph check and TensorRT check (when `trt`) of a graph meant for TensorRT, then own
-    threshold and accuracy against FP32 under ONNX Runtime of the variant graph at `path`;
-    EdgeError when it fails or loses more than `max_drop` AUROC."""
+    threshold and accuracy against FP32 of the variant graph at `path`; EdgeError when it fails
+    or is over the budget `limits` (see `budget`). INT8 for TensorRT is evaluated with its
+    Q/DQ simulated in float (what TensorRT computes, whatever this CPU's integer kernels do);
+    INT8 for ONNX Runtime with this CPU's integer kernels, checked against that simulation."""
     from convert.graphcheck import check_graph
+    from convert.qdq_float import cpu_kernels, is_quantized, save_float_simulation
 
     label = label or precision
     checks = {"onnxruntime": "runs it (accuracy below)"}
@@ -366,20 +418,30 @@ def _check_variant(bundle, path, precision, trt, eval_data, max_drop, batch, thr
         checks = {"graphcheck": "ok"}
         if trt:
             checks["tensorrt"] = trt_check(path, precision) or "not checked (no TensorRT or TensorRT-RTX here)"
-    own = variant_threshold(bundle, path, batch, threads)
-    imgs, labels, masks, where = evaluation_set(bundle, eval_data)
-    acc, ref = compare(bundle, path, imgs, labels, masks, batch, threads, ref=ref,
-                       own_threshold=own["value"] if own else None)
+    with tempfile.TemporaryDirectory(prefix="edge-qdq-float-") as tmp:
+        simulated = save_float_simulation(path, os.path.join(tmp, "float.onnx")) if is_quantized(path) else None
+        run_path = simulated if (simulated and for_tensorrt) else path
+        own = variant_threshold(bundle, run_path, batch, threads)
+        imgs, labels, masks, where = evaluation_set(bundle, eval_data)
+        acc, ref = compare(bundle, run_path, imgs, labels, masks, batch, threads, ref=ref,
+                           own_threshold=own["value"] if own else None,
+                           float_path=simulated if (simulated and not for_tensorrt) else None)
     acc["data"] = where
-    if max_drop is not None:
-        if "auroc_drop" not in acc:
-            raise EdgeError(f"--max-drop needs labelled test images; {where} has none (pass --eval-data)")
-        if acc["auroc_drop"] > max_drop:
-            raise EdgeError(f"{label} variant refused: image AUROC {acc['image_auroc']:.4f} vs "
-                            f"{acc['image_auroc_fp32']:.4f} in FP32 on {where}, a drop of "
-                            f"{acc['auroc_drop']:.4f} > --max-drop {max_drop:g}; bundle unchanged")
+    if simulated and for_tensorrt:
+        acc["evaluated_as"] = "Q/DQ simulated in float (the arithmetic TensorRT does)"
+    elif simulated:
+        acc["evaluated_as"] = "ONNX Runtime's integer kernels"
+        acc["evaluated_on"] = cpu_kernels()
+    if limits["drop_required"] and "auroc_drop" not in acc:
+        raise EdgeError(f"--max-drop needs labelled test images; {where} has none (pass --eval-data)")
+    why = over_budget(acc, limits)
+    if why and not limits["force"]:
+        raise EdgeError(f"{label} variant refused on {where}: {'; '.join(why)}; bundle unchanged "
+                        f"(--force keeps it anyway)")
     entry = {"checks": checks, **({"threshold": own} if own else {}),
              "accuracy": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in acc.items()}}
+    entry["budget"] = {"max_drop": limits["max_drop"], "max_changed": limits["max_changed"],
+                       **({"accepted_over_budget": why} if why else {})}
     return entry, ref
 
 
@@ -391,12 +453,17 @@ def _report(label, name, entry, log):
         f"largest score difference {a['max_score_diff']:.4g} ({a['max_score_diff_rel']:.2%} of the threshold), "
         f"map {a['max_map_diff']:.4g}, {a['decisions_changed']} decision(s) changed at the FP32 threshold"
         + (f", {a['decisions_changed_own_threshold']} at its own ({own['value']:.4g})" if own else "")
-        + (f"; {entry['checks']['tensorrt']}" if "tensorrt" in entry["checks"] else ""))
+        + (f"; {a['evaluated_as']}" + (f" on {a['evaluated_on']}, within {a['integer_vs_float_max_rel']:.1%} of the "
+                                       f"threshold of the quantized arithmetic" if "evaluated_on" in a else "")
+           if "evaluated_as" in a else "")
+        + (f"; {entry['checks']['tensorrt']}" if "tensorrt" in entry["checks"] else "")
+        + (f"; OVER BUDGET, kept (--force): {'; '.join(entry['budget']['accepted_over_budget'])}"
+           if entry.get("budget", {}).get("accepted_over_budget") else ""))
 
 
 def quantize_bundle(bundle_path, precision, calib_images=DEFAULT_CALIB_IMAGES, calib_data=None,
                     calib_method=None, eval_data=None, max_drop=None, trt=True, batch=8, threads=None,
-                    log=say):
+                    log=say, max_changed=None, force=False):
     """Add the variant to the bundle; returns the manifest's graphs.<precision> entry.
     INT8 gets two graphs: the one TensorRT takes (`model.int8.onnx`) and the one ONNX Runtime
     runs fast on CPUs (`model.int8.ort.onnx`, recorded as graphs.int8.onnxruntime); both are
@@ -405,13 +472,13 @@ def quantize_bundle(bundle_path, precision, calib_images=DEFAULT_CALIB_IMAGES, c
 
     if precision not in PRECISIONS:
         raise EdgeError(f"unknown precision '{precision}' (choose from: {', '.join(PRECISIONS)})")
-    if max_drop is not None and not 0 <= max_drop < 1:
-        raise EdgeError(f"--max-drop {max_drop}: a fraction of AUROC between 0 and 1 (0.01 = one point)")
+    limits = budget(max_drop, max_changed, force)
     bundle = Bundle(bundle_path)
     t0 = time.monotonic()
     model = preprocess_graph(bundle.graph_path("fp32"))
     images = calibration_images(bundle, calib_data, calib_images) if precision == "int8" else None
-    variants = [(None, GRAPH_FILES[precision]) + make_variant(model, precision, images, calib_method)]
+    variants = [(None, GRAPH_FILES[precision]) + make_variant(model, precision, images, calib_method,
+                                                              threshold=bundle.threshold)]
     if precision == "int8":
         from .int8_ort import convert_int8_ort
         out, details = convert_int8_ort(model, split_graph(model)[0], images, calib_method or "minmax")
@@ -424,7 +491,7 @@ def quantize_bundle(bundle_path, precision, calib_images=DEFAULT_CALIB_IMAGES, c
             tmps.append(tmp)
             onnx.save(graph, tmp)
             label = f"{precision} ({engine})" if engine else precision
-            checked, ref = _check_variant(bundle, tmp, precision, trt, eval_data, max_drop, batch, threads, ref,
+            checked, ref = _check_variant(bundle, tmp, precision, trt, eval_data, limits, batch, threads, ref,
                                           label, for_tensorrt=engine is None)
             floor = {}
             if engine is None:                       # the graph TensorRT takes
@@ -474,8 +541,13 @@ def add_arguments(p):
                    help="data set (MVTec AD layout) whose test split the variant is checked on "
                         "(default: the bundle's training data set)")
     p.add_argument("--max-drop", type=float, metavar="X",
-                   help="refuse the variant if it loses more than X image AUROC against FP32; "
-                        "X is a fraction (0.01 = one AUROC point)")
+                   help=f"refuse the variant if it loses more than X image AUROC against FP32; X is a fraction "
+                        f"(default {DEFAULT_MAX_DROP:g} = one AUROC point, checked where the data has a test split)")
+    p.add_argument("--max-changed", type=float, metavar="F",
+                   help=f"refuse the variant if more than a share F of the evaluation images get another verdict "
+                        f"than FP32's, each at its own threshold (default {DEFAULT_MAX_CHANGED:g})")
+    p.add_argument("--force", action="store_true",
+                   help="keep a variant over the budget (recorded in the manifest as accepted over budget)")
     p.add_argument("--no-trt-check", action="store_true",
                    help="skip the TensorRT/TensorRT-RTX parse-and-build check")
     p.add_argument("--batch", type=int, default=8, help="evaluation batch (default 8)")
@@ -485,5 +557,5 @@ def add_arguments(p):
 def run(args):
     quantize_bundle(args.bundle, args.precision, args.calib_images, args.calib_data, args.calib_method,
                     args.eval_data, args.max_drop, trt=not args.no_trt_check, batch=args.batch,
-                    threads=args.threads)
+                    threads=args.threads, max_changed=args.max_changed, force=args.force)
     return 0

@@ -133,9 +133,10 @@ def main(argv=None):
         for cat in cats:
             data = os.path.join(args.root, cat)
             path = bundle_for(method, data, args.work, args.size)
-            entry = quantize_bundle(path, "int8", calib_method=args.calib_method, trt=False, log=quiet)
+            entry = quantize_bundle(path, "int8", calib_method=args.calib_method, trt=False, log=quiet, force=True)
             i8, trt8 = entry["onnxruntime"]["accuracy"], entry["accuracy"]
-            f16 = None if args.no_fp16 else quantize_bundle(path, "fp16", trt=False, log=quiet)["accuracy"]
+            trt8["float_layers"] = len((entry.get("sensitivity") or {}).get("float_layers", []))
+            f16 = None if args.no_fp16 else quantize_bundle(path, "fp16", trt=False, log=quiet, force=True)["accuracy"]
             b = Bundle(path)
             frames = evaluation_set(b)[0][:16]
             graphs = [b.graph_path("fp32"), b.graph_path("int8", "onnxruntime")]
@@ -145,21 +146,28 @@ def main(argv=None):
                 + (f" fp16 {f16['image_auroc']:.4f}" if f16 else "")
                 + f"; batch 1: {fps[0][0]:.1f} vs {fps[0][1]:.1f} frames/s, batch 4: {fps[1][0]:.1f} vs {fps[1][1]:.1f}")
 
-    print(f"\nONNX Runtime, {args.threads} threads, {args.size}x{args.size}. int8 = the INT8 graph ONNX Runtime runs "
-          f"(model.int8.ort.onnx); int8 TRT = the one for TensorRT (model.int8.onnx), run here under ONNX Runtime for "
-          f"its accuracy only. drop = FP32 - variant image AUROC (test split); diff = largest |variant - FP32| score / "
+    from convert.qdq_float import cpu_kernels
+
+    print(f"\nONNX Runtime, {args.threads} threads, {args.size}x{args.size}, on {cpu_kernels()}. int8 = the INT8 graph "
+          f"ONNX Runtime runs (model.int8.ort.onnx), with this CPU's integer kernels; kern = their largest score "
+          f"difference from the same quantized arithmetic in float / threshold; TRT = the graph for TensorRT "
+          f"(model.int8.onnx), its Q/DQ simulated in float (what TensorRT computes), fl = layers kept out of INT8 "
+          f"(FP16). drop = FP32 - variant image AUROC (test split); diff = largest |variant - FP32| score / "
           f"threshold; errors = misclassified test images: FP32 / int8 at FP32's threshold / int8 at its own; "
+          f"chg = verdicts changed at each graph's own threshold (int8 / TRT); "
           f"fps = frames per second at batch 1 and 4, FP32 and int8 timed side by side")
-    hdr = (f"{'method':<10}{'category':<13}{'AUROC':>7}{'int8':>7}{'drop':>8}{'diff':>7}{'errors':>9}"
-           f"{'TRT drop':>9}{'diff':>7}{'fp16 drop':>10}{'diff':>7}"
+    hdr = (f"{'method':<10}{'category':<13}{'AUROC':>7}{'int8':>7}{'drop':>8}{'diff':>7}{'kern':>6}{'errors':>9}"
+           f"{'TRT drop':>9}{'diff':>7}{'fl':>3}{'chg':>7}{'fp16 drop':>10}{'diff':>7}"
            f"{'b1 fp32':>9}{'int8':>7}{'x':>6}{'b4 fp32':>9}{'int8':>7}{'x':>6}")
     print(hdr)
     print("-" * len(hdr))
     for method, cat, i8, trt8, f16, fps in rows:
         flips = f"{i8['errors_fp32']}/{i8['errors_at_fp32_threshold']}/{i8.get('errors_at_own_threshold', '-')}"
         f16cols = f"{f16['auroc_drop']:>10.4f}{f16['max_score_diff_rel']:>7.1%}" if f16 else f"{'-':>10}{'-':>7}"
+        chg = f"{i8.get('decisions_changed_own_threshold', '-')}/{trt8.get('decisions_changed_own_threshold', '-')}"
         print(f"{method:<10}{cat:<13}{i8['image_auroc_fp32']:>7.4f}{i8['image_auroc']:>7.4f}{i8['auroc_drop']:>8.4f}"
-              f"{i8['max_score_diff_rel']:>7.1%}{flips:>9}{trt8['auroc_drop']:>9.4f}{trt8['max_score_diff_rel']:>7.1%}"
+              f"{i8['max_score_diff_rel']:>7.1%}{i8.get('integer_vs_float_max_rel', 0):>6.1%}{flips:>9}"
+              f"{trt8['auroc_drop']:>9.4f}{trt8['max_score_diff_rel']:>7.1%}{trt8['float_layers']:>3}{chg:>7}"
               f"{f16cols}{fps[0][0]:>9.1f}{fps[0][1]:>7.1f}{fps[0][1] / fps[0][0]:>5.2f}x"
               f"{fps[1][0]:>9.1f}{fps[1][1]:>7.1f}{fps[1][1] / fps[1][0]:>5.2f}x")
     for method in args.methods.split(","):

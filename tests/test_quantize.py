@@ -3,6 +3,7 @@
 One small PatchCore bundle (128 x 128, one PIPED category) is trained per module; each test
 works on a copy. Speed is not tested here (scripts/bench_precision.py measures it)."""
 
+import importlib.util
 import os
 import shutil
 
@@ -144,17 +145,25 @@ def test_int8_qdq_and_float_bias(variants):
             assert all(prod.get(t) is None or prod[t].op_type != "DequantizeLinear" for t in n.input)
 
 
-def test_scores_agree_with_fp32(variants):
+def test_scores_agree_with_fp32(variants, tmp_path):
+    """FP16 under ONNX Runtime's float kernels; INT8 for TensorRT with its Q/DQ simulated in
+    float, the arithmetic TensorRT does (this CPU's integer kernels play no part), as in the
+    manifest's accuracy."""
+    from convert.qdq_float import save_float_simulation
+
     b = Bundle(variants)
     frames = np.stack([np.asarray(f) for f in _frames(b, 6)])
     ref = OrtEngine(b.graph_path("fp32")).infer(frames)
-    for p, rtol in (("fp16", FP16_SCORE_RTOL), ("int8", INT8_SCORE_RTOL)):
-        amap, score = OrtEngine(b.graph_path(p)).infer(frames)
+    int8 = save_float_simulation(b.graph_path("int8"), str(tmp_path / "int8.float.onnx"))
+    for p, path, rtol in (("fp16", b.graph_path("fp16"), FP16_SCORE_RTOL), ("int8", int8, INT8_SCORE_RTOL)):
+        amap, score = OrtEngine(path).infer(frames)
         assert amap.dtype == np.float32 and score.dtype == np.float32 and amap.shape == ref[0].shape
         assert np.abs(score - ref[1]).max() <= rtol * b.threshold, p
     acc = b.manifest["graphs"]
     assert acc["fp16"]["accuracy"]["auroc_drop"] <= 0.002
     assert acc["int8"]["accuracy"]["auroc_drop"] <= 0.01
+    assert "simulated in float" in acc["int8"]["accuracy"]["evaluated_as"]
+    assert acc["int8"]["budget"] == {"max_drop": 0.01, "max_changed": 0.05}
 
 
 def _frames(b, n):
@@ -205,6 +214,33 @@ def test_max_drop_refuses_and_leaves_bundle_unchanged(bundle_copy, monkeypatch, 
 def test_bad_max_drop_is_refused(bundle_copy):
     with pytest.raises(EdgeError, match="fraction"):
         quantize_bundle(bundle_copy, "int8", max_drop=1.5, trt=False)
+    with pytest.raises(EdgeError, match="fraction"):
+        quantize_bundle(bundle_copy, "int8", max_changed=-0.1, trt=False)
+
+
+def test_default_budget_refuses_and_force_keeps(bundle_copy, monkeypatch, capsys):
+    """Without --max-drop the default budget applies (0.01 AUROC, 5 % changed verdicts);
+    --force keeps a variant over it and records why."""
+    from convert import quantize as q
+    from edge.cli import main
+
+    real = q.compare
+
+    def flipping(*a, **k):                     # the real evaluation, then 4 of 64 verdicts changed
+        res, ref = real(*a, **k)
+        res.update(decisions_changed_own_threshold=4)
+        return res, ref
+
+    monkeypatch.setattr(q, "compare", flipping)
+    before = _snapshot(bundle_copy)
+    rc = main(["quantize", bundle_copy, "--precision", "fp16", "--no-trt-check"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "refused" in err and "4 of 64 verdicts" in err and "--force" in err
+    assert _snapshot(bundle_copy) == before
+    assert main(["quantize", bundle_copy, "--precision", "fp16", "--no-trt-check", "--max-changed", "0.1"]) == 0
+    assert main(["quantize", bundle_copy, "--precision", "fp16", "--no-trt-check", "--force"]) == 0
+    entry = Bundle(bundle_copy).manifest["graphs"]["fp16"]
+    assert "4 of 64 verdicts" in entry["budget"]["accepted_over_budget"][0]
 
 
 def test_without_test_split_differences_only(bundle_copy, tmp_path):
@@ -231,3 +267,32 @@ def test_variant_threshold_from_the_same_held_out_images(variants):
         assert "decisions_changed_own_threshold" in entry["accuracy"]
     # FP16 barely moves scores: its own threshold is within 1 % of FP32's.
     assert abs(b.manifest["graphs"]["fp16"]["threshold"]["value"] - b.threshold) <= 0.01 * b.threshold
+
+
+def test_sensitive_layers_in_fp16_build_and_simulate(variants, tmp_path):
+    """A layer taken out of INT8 (its Q/DQ bypassed, FP16 between casts) still passes the
+    graph check and TensorRT-RTX's strongly typed build, and the float simulation runs it."""
+    from convert.int8_tune import bypass, layers_to_fp16, quantized_convs
+    from convert.qdq_float import save_float_simulation
+    from convert.quantize import trt_check
+
+    b = Bundle(variants)
+    assert "error_all_int8" in b.manifest["graphs"]["int8"]["sensitivity"]
+    fp32 = preprocess_graph(b.graph_path("fp32"))
+    q = onnx.load(b.graph_path("int8"))
+    convs = quantized_convs(q)
+    assert len(convs) > 20
+    names = {convs[0], convs[len(convs) // 2]}
+    m = layers_to_fp16(bypass(q, fp32, names), names)
+    assert len(quantized_convs(m)) == len(convs) - 2
+    fp16 = [i for i in m.graph.initializer if i.data_type == TensorProto.FLOAT16]
+    assert len(fp16) >= 2
+    path = str(tmp_path / "mixed.onnx")
+    onnx.save(m, path)
+    assert check_graph(path) == []
+    frames = np.stack([np.asarray(f) for f in _frames(b, 4)])
+    ref = OrtEngine(b.graph_path("fp32")).infer(frames)[1]
+    sim = OrtEngine(save_float_simulation(path, str(tmp_path / "mixed.float.onnx"))).infer(frames)[1]
+    assert np.abs(sim - ref).max() <= INT8_SCORE_RTOL * b.threshold
+    if importlib.util.find_spec("tensorrt_rtx") or importlib.util.find_spec("tensorrt"):
+        assert "parses and builds" in trt_check(path, "int8")
