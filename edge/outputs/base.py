@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 # Verdict codes written to PLCs (see docs/line-io.md).
 NONE, ACCEPT, REJECT, FAILSAFE, LATE = 0, 1, 2, 3, 4
 CODE_NAMES = {NONE: "none", ACCEPT: "OK", REJECT: "NG", FAILSAFE: "FS", LATE: "LATE"}
-FAULT_CODES = {None: 0, "source": 1, "engine": 2, "queue": 3}
+FAULT_CODES = {None: 0, "source": 1, "engine": 2, "queue": 3, "records": 4}
 
 
 class Output:

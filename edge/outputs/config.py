@@ -9,7 +9,7 @@ from .secrets import SUFFIXES, Secret, read_path, read_secret
 log = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("modbus", "opcua", "gpio", "mqtt", "serial", "memory")
-FAULT_KINDS = ("source", "engine", "queue")
+FAULT_KINDS = ("source", "engine", "queue", "records")
 
 # Modbus map sizes (see modbus.py and docs/line-io.md).
 MODBUS_REGS = 16

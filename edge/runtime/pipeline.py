@@ -6,7 +6,9 @@ number and capture time from the source to the record, so a decision names its f
                captured frame gets a verdict.
   latest:      the oldest queued frame is dropped instead; every drop is counted and
                recorded, and the line's fail-safe handles the part that got no verdict.
-A stage that fails (source lost, engine error) is recorded and reported to the line outputs;
+A stage that raises anything at all (a source error, an engine error, a bug) faults the run:
+capture stops, the line outputs get the fault (heartbeat stops, fail-safe acts), the error is
+recorded, and run_pipeline raises it once the frames in flight are drained (edge run exits 3).
 stop() (SIGTERM) lets in-flight frames finish and be recorded before the run ends."""
 
 import collections
@@ -25,6 +27,16 @@ from .types import Decision
 
 _END = object()
 log = logging.getLogger(__name__)
+_FAULT_KINDS = {"capture": "source", "infer": "engine", "decide": "queue", "record": "records"}
+
+
+def describe_error(exc):
+    """One line for an exception: the toolkit's own errors as they are (they name the file or
+    key), anything else with its type, since it is a fault nobody foresaw."""
+    if isinstance(exc, EdgeError):
+        return str(exc)
+    text = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Stats:
@@ -89,6 +101,7 @@ class Pipeline:
         self.stats = Stats()
         self.stopping = threading.Event()
         self.errors = []
+        self._failed = set()
         self._threads = []
 
     # ---- control -------------------------------------------------------------------------
@@ -117,12 +130,23 @@ class Pipeline:
         try:
             fn()
         except BaseException as exc:              # a stage's failure must reach the line and the records
-            self.errors.append(f"{name}: {exc}")
-            self._event(f"{name}_error", {"error": str(exc)})
-            if self.line is not None:
-                self.line.fault("engine" if name == "infer" else "queue" if name != "capture" else "source", str(exc))
-            self.stopping.set()
+            self.fault(name, exc)
             self._drain_after_failure(name)
+
+    def fault(self, stage, error, kind=None):
+        """Fault the run: capture stops, the line hears it (heartbeat stops, the configured
+        fail-safe acts), the records and `errors` (hence the summary and exit status) say why.
+        `error` is an exception or a message; `kind` the line's fault kind (by stage if None)."""
+        msg = error if isinstance(error, str) else describe_error(error)
+        self.errors.append(f"{stage}: {msg}")
+        self.stopping.set()                       # first: whatever fails below, capture ends
+        self._failed.add(stage)
+        self._event(f"{stage}_error", {"error": msg})
+        if self.line is not None:
+            try:
+                self.line.fault(kind or _FAULT_KINDS.get(stage, "queue"), f"{stage}: {msg}")
+            except Exception as exc:
+                log.error("edge: cannot signal the fault to the line: %s", describe_error(exc))
 
     def _drain_after_failure(self, name):
         """Keep the stages ending in order after one died; frames it leaves are reported."""
@@ -211,7 +235,9 @@ class Pipeline:
                 self.q_in.put(item, timeout=0.5)
                 return
             except queue.Full:
-                continue
+                if self._failed:                   # nobody downstream will take it: say so
+                    self._event("undecided", {"seq": item[0].seq, "why": "pipeline faulted"})
+                    return
 
     def _infer(self):
         h, w = self.pre.size[1], self.pre.size[0]
@@ -290,15 +316,27 @@ class Pipeline:
             self.store.flush()
 
 
-def run_pipeline(pipeline, status=None, every_s=2.0):
-    """Start, report status every `every_s` through `status(snapshot)`, and wait for the end."""
+def run_pipeline(pipeline, status=None, every_s=2.0, drain_s=30.0):
+    """Start, report status every `every_s` through `status(snapshot)` (and at once when a
+    stage faults), and wait for the end. After a fault the stages get `drain_s` seconds to
+    finish what is in flight; a stage still stuck then is named in the error."""
     pipeline.start()
     next_t = time.monotonic() + every_s
+    seen, fault_t = 0, None
     while pipeline.running():
         pipeline.join(timeout=min(0.2, every_s))
-        if status and time.monotonic() >= next_t:
+        if pipeline.errors and fault_t is None:
+            fault_t = time.monotonic()
+        if status and (time.monotonic() >= next_t or len(pipeline.errors) != seen):
+            seen = len(pipeline.errors)
             status(pipeline.stats.snapshot())
-            next_t += every_s
+            next_t = time.monotonic() + every_s
+        if fault_t is not None and time.monotonic() - fault_t > drain_s:
+            stuck = [t.name for t in pipeline._threads if t.is_alive()]
+            pipeline.errors.append(f"stages still running {drain_s:g} s after the fault: {', '.join(stuck)}")
+            break
     if pipeline.errors:
+        if status:
+            status(pipeline.stats.snapshot())
         raise EdgeError("; ".join(pipeline.errors))
     return pipeline.stats.snapshot()

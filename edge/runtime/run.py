@@ -9,10 +9,13 @@ from .config import load_config, validate
 from ..engines import open_engine
 from ..common.errors import EdgeError
 from ..common.names import ENGINE_CHOICES, PRECISIONS
-from .pipeline import Pipeline, run_pipeline
+from .pipeline import Pipeline, describe_error, run_pipeline
 from .preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
+
+
+EXIT_FAULT = 3      # the run started and faulted (2: bad input or configuration, refused before)
 
 
 def add_arguments(p):
@@ -36,7 +39,9 @@ def build_config(args):
     if args.records:
         raw.setdefault("records", {})
         raw["records"] = dict(raw["records"] or {}, db=os.path.abspath(args.records))
-    if args.max_frames:
+    if args.max_frames is not None:
+        if args.max_frames < 1:              # 0 is not "no limit": a limit of nothing is refused
+            raise EdgeError(f"must be at least 1, got {args.max_frames} (leave it out for no limit)", "--max-frames")
         raw["max_frames"] = args.max_frames
     for key in ("engine", "precision"):
         value = getattr(args, key)
@@ -131,20 +136,25 @@ def run(args):
     summary, error = None, None
     try:
         summary = run_pipeline(pipe, status, cfg.status_every_s)
-    except EdgeError as exc:
-        error = exc
+    except Exception as exc:                 # the run faulted: the summary and exit status say why
+        error = describe_error(exc)
         summary = pipe.stats.snapshot()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         if store is not None and summary is not None:
-            store.end_run(dict(summary, error=str(error) if error else None))
+            try:
+                store.end_run(dict(summary, error=error))
+            except Exception as exc:
+                log.error("edge run: cannot end the run in the records: %s", describe_error(exc))
         close_parts(parts)
     print(f"summary: {summary['decided']} frames decided of {summary['captured']} captured, "
           f"{summary['rejects']} rejected, {summary['dropped']} dropped, {summary['late']} late, "
           f"{summary['outages']} source outages; {summary['fps']:.1f} fps, latency p50 "
           f"{summary['latency_ms_p50']:.1f} ms p95 {summary['latency_ms_p95']:.1f} ms"
-          + (f"; run {run_id} in {cfg.records.db}" if run_id is not None else ""))
+          + (f"; run {run_id} in {cfg.records.db}" if run_id is not None else "")
+          + (f"; FAULT: {error}" if error else ""))
     if error:
-        raise error
+        log.error(f"edge run: fault: {error}")
+        return EXIT_FAULT
     return 0

@@ -20,6 +20,9 @@ from .backoff import Backoff
 from .uri import mask_credentials
 
 
+MAX_FRAME_PIXELS = 1 << 28     # 268 MP (16384 x 16384): above any area-scan camera; 800 MB in RGB
+
+
 class SourceEnded(Exception):
     """read() after a finite source (file, folder) delivered its last frame."""
 
@@ -107,6 +110,8 @@ class Source:
                     raise err
                 if self._ended:
                     raise SourceEnded(self._where())
+                if not self._thread.is_alive():
+                    raise EdgeError("the capture thread stopped without a reason", self._where())
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
@@ -191,6 +196,19 @@ class Source:
             self._ready.notify_all()
 
     def _run(self):
+        """The capture thread. Whatever ends it ends the source in a way read() reports: an
+        unexpected exception (an allocation failure, a decoder bug) becomes the source's error,
+        so the reader never waits for frames that will not come."""
+        try:
+            self._capture()
+        except BaseException as exc:
+            detail = f"capture failed: {type(exc).__name__}: {_one_line(exc)}"
+            try:
+                self._close_cap(wait=False)
+            finally:
+                self._finish(EdgeError(detail, self._where()), f"error: {detail}")
+
+    def _capture(self):
         last_ok = time.monotonic()
         while not self._stop.is_set():
             if self._cap is None:
@@ -274,6 +292,11 @@ class Source:
             self._ready.notify_all()
 
 
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    return text[:300] if text else "(no message)"
+
+
 def _close_quietly(cap):
     try:
         cap.close()
@@ -289,8 +312,11 @@ def _size_option(options):
         w, h = int(w), int(h)
         if w <= 0 or h <= 0:
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise EdgeError(f"width and height must both be positive integers, got {w!r} x {h!r}",
+                        "source options") from None
+    if w * h > MAX_FRAME_PIXELS:
+        raise EdgeError(f"{w} x {h} is {w * h:,} pixels a frame, over the limit of {MAX_FRAME_PIXELS:,}",
                         "source options") from None
     return (w, h)
 

@@ -30,7 +30,12 @@ class FolderCapture:
             self._next_t = max(self._next_t, time.monotonic() - self._period) + self._period
         path = self.paths[self._i]
         self._i += 1
-        return read_rgb(path)   # EdgeError naming the file if it is unreadable
+        try:
+            return read_rgb(path)   # EdgeError naming the file if it is unreadable
+        except EdgeError:
+            raise
+        except Exception as exc:    # a decoder failing in a way nobody foresaw still names the file
+            raise EdgeError(f"cannot decode ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})", path) from None
 
     def close(self):
         pass
