@@ -1,6 +1,7 @@
 """Files written so that a crash or power cut never leaves a half-written one."""
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -66,27 +67,77 @@ class StagedDir:
     with StagedDir(out) as tmp: ... write into tmp ...
     On an exception the staging folder is removed and `out` is untouched.
     An existing `out` is replaced only after the new one is complete.
+    A staging folder left by a process that died (kill -9, power cut) is removed by the next
+    StagedDir of the same `out`; one that a live process still holds (an flock on its
+    `.staging.lock`) is left alone.
     """
+
+    LOCK = ".staging.lock"
 
     def __init__(self, final_path):
         self.final = os.path.abspath(final_path)
         self.tmp = None
+        self._lockfd = None
 
     def __enter__(self):
         parent = os.path.dirname(self.final)
         os.makedirs(parent, exist_ok=True)
-        self.tmp = tempfile.mkdtemp(prefix="." + os.path.basename(self.final) + ".", suffix=".partial", dir=parent)
+        self.tmp = tempfile.mkdtemp(prefix=self._prefix(), suffix=".partial", dir=parent)
+        self._lockfd = os.open(os.path.join(self.tmp, self.LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lockfd, fcntl.LOCK_EX)
+        self.removed_stale = self._remove_stale(parent)
         return self.tmp
+
+    def _prefix(self):
+        return "." + os.path.basename(self.final) + "."
+
+    def _remove_stale(self, parent):
+        removed = []
+        for name in os.listdir(parent):
+            path = os.path.join(parent, name)
+            if (not name.startswith(self._prefix()) or path == self.tmp or not os.path.isdir(path)
+                    or not (name.endswith(".partial")
+                            # the previous `out` during the swap: only once `out` is there again
+                            or (name.endswith(".partial.old") and os.path.isdir(self.final)))):
+                continue
+            try:
+                fd = os.open(os.path.join(path, self.LOCK), os.O_RDONLY)
+            except OSError:
+                fd = None                               # no lock file: not being written
+            try:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue                                # a live process is building it
+            finally:
+                if fd is not None:
+                    os.close(fd)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        return removed
+
+    def _unlock(self):
+        if self._lockfd is not None:
+            os.close(self._lockfd)
+            self._lockfd = None
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            self._unlock()
             return False
+        try:
+            os.unlink(os.path.join(self.tmp, self.LOCK))
+        except FileNotFoundError:
+            pass
         old = None
-        if os.path.exists(self.final):
-            old = self.tmp + ".old"
-            os.replace(self.final, old)
-        os.replace(self.tmp, self.final)
+        try:
+            if os.path.exists(self.final):
+                old = self.tmp + ".old"
+                os.replace(self.final, old)
+            os.replace(self.tmp, self.final)
+        finally:
+            self._unlock()
         _fsync_dir(os.path.dirname(self.final))
         if old:
             shutil.rmtree(old, ignore_errors=True)
