@@ -54,6 +54,7 @@ from contextlib import contextmanager
 
 from ..common.errors import EdgeError
 from ..common.fsutil import atomic_write_bytes, json_default, sha256_file
+from .full import FullDisk, is_full
 from .images import (NAME_RE, TMP_RE, day_folders, encode_image, image_name, remove_empty_upwards,
                             unlink)
 
@@ -133,7 +134,7 @@ class RecordStore:
 
     def __init__(self, db_path, images_dir=None, quota_mb=1024, save="flagged", image_format="jpg",
                  synchronous="FULL", batch_rows=50, batch_s=0.2, quota_every_s=5.0, prune_chunk=200,
-                 busy_timeout_s=2.0, readonly=False, jpeg_quality=90):
+                 busy_timeout_s=2.0, readonly=False, jpeg_quality=90, on_full="failsafe", reserve_kb=512):
         if save not in SAVE_MODES:
             raise EdgeError(f"save must be one of {', '.join(SAVE_MODES)}, not {save!r}", "records")
         if image_format not in FORMATS:
@@ -156,6 +157,7 @@ class RecordStore:
         self._lock = threading.RLock()
         self._pending = []
         self._pending_since = None
+        self._full_retry = False
         self._image_bytes = 0
         self._last_quota = time.monotonic()
         self._closed = False
@@ -163,12 +165,19 @@ class RecordStore:
         self._thread = None
         self._lockfd = None
         self.stats = {"committed": 0, "commits": 0, "images": 0, "pruned_files": 0, "image_errors": 0}
+        self.full = FullDisk(on_full, self.db_path, self.images_dir, int(reserve_kb) * 1024)
         self._conn = self._open(synchronous, busy_timeout_s)
         if not readonly:
             try:
                 self._recover()
             except sqlite3.Error as exc:
                 self._fail_open(exc)
+            try:
+                self.full.make_reserve()        # a run must be able to record its end
+            except EdgeError:
+                self._conn.close()
+                self._release_lock()
+                raise
             self._thread = threading.Thread(target=self._maintain, name="records-maintain", daemon=True)
             self._thread.start()
 
@@ -322,14 +331,21 @@ class RecordStore:
         return self.run_id
 
     def end_run(self, summary):
-        """Flush and close the current run with its summary."""
+        """Flush and close the current run with its summary (and what a full disk dropped)."""
         self._writable()
         if self.run_id is None:
             return
+        if self.full.any():
+            self.full.release()                  # the reserve is kept for this moment
+            summary = dict(summary or {}, records=self.full.report())
         self.flush()
         now = time.time()
         with self._lock:
             with self._transaction("cannot end the run") as conn:
+                dropped = self.full.unreported()
+                if dropped:
+                    conn.execute("INSERT INTO events(run_id, t, kind, detail) VALUES (?,?,?,?)",
+                                 (self.run_id, now, "records_dropped", _json(dropped)))
                 conn.execute("UPDATE runs SET ended=?, summary=? WHERE id=?", (now, _json(summary or {}), self.run_id))
                 conn.execute("INSERT INTO events(run_id, t, kind, detail) VALUES (?,?,?,?)",
                              (self.run_id, now, "run_end", _json(summary or {})))
@@ -354,10 +370,12 @@ class RecordStore:
         engine = decision.extra.get("engine") if decision.extra else None
         if engine is None:
             engine = self._run_engine
-        rel = None
+        rel = not_saved = None
         if image_rgb is not None and (self.save == "all" or (self.save == "flagged" and decision.reject)):
-            rel = self._write_image(decision, image_rgb, amap, threshold)
+            rel, not_saved = self._write_image(decision, image_rgb, amap, threshold)
         extra = {k: v for k, v in (decision.extra or {}).items() if k != "engine"}
+        if not_saved:
+            extra["image_not_saved"] = not_saved
         row = (self.run_id, int(decision.seq), float(decision.wall), float(decision.latency_s) * 1000.0,
                float(decision.score), 1 if decision.reject else 0, decision.reason, float(decision.defect_area),
                None if threshold is None else float(threshold), decision.part_id,
@@ -371,18 +389,32 @@ class RecordStore:
                 self._commit_pending()
 
     def _write_image(self, decision, image_rgb, amap, threshold):
+        """-> (relative path, None) or (None, why not saved); the row is kept either way."""
+        if self.full.images_paused():           # the disk is (nearly) full: images go first
+            return self._image_dropped(decision, None)
         try:
             data = encode_image(decision, image_rgb, amap, threshold, self.ext, self.jpeg_quality)
             rel = image_name(decision, self.run_id, self.ext)
             atomic_write_bytes(os.path.join(self.images_dir, rel), data)
-        except Exception as exc:  # a full disk must not stop the line: the row is kept without image
+        except Exception as exc:
+            if is_full(exc):
+                return self._image_dropped(decision, exc)
             self.stats["image_errors"] += 1
             self.stats["last_image_error"] = str(exc)
-            return None
+            return None, str(exc)
         with self._lock:
             self._image_bytes += len(data)
             self.stats["images"] += 1
-        return rel
+        return rel, None
+
+    def _image_dropped(self, decision, exc):
+        first = self.full.full_at is None
+        if first or exc is not None:
+            self.full.full("images", exc if exc is not None else "less free space than the reserve")
+        self.full.dropped("images_dropped", 1, (int(decision.seq),))
+        if first:
+            self.event("records_full", dict(self.full.report(), found_by="image write" if exc else "free space"))
+        return None, "disk full"
 
     def flush(self):
         """Commit every queued row now; on return they are on disk (synchronous=FULL)."""
@@ -394,21 +426,53 @@ class RecordStore:
     def _commit_pending(self, extra_event=None):
         rows, self._pending = self._pending, []
         self._pending_since = None
-        if not rows and extra_event is None:
+        events = extra_event if isinstance(extra_event, list) else [] if extra_event is None else [extra_event]
+        if not rows and not events:
             return
         try:
-            with self._transaction("cannot commit records") as conn:
+            with self._transaction() as conn:
                 if rows:
                     conn.executemany("INSERT INTO records(run_id, seq, wall, latency_ms, score, reject, reason, "
                                      "defect_area, threshold, part_id, encoder, engine, image_path, pruned, extra) "
                                      "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-                if extra_event is not None:
-                    conn.execute("INSERT INTO events(run_id, t, kind, detail) VALUES (?,?,?,?)", extra_event)
-        except EdgeError:
+                if events:
+                    conn.executemany("INSERT INTO events(run_id, t, kind, detail) VALUES (?,?,?,?)", events)
+        except sqlite3.Error as exc:
+            if is_full(exc):
+                return self._commit_full(rows, events, exc)
             self._pending = rows + self._pending   # keep them for the next try
-            raise
+            raise self._error("cannot commit records", exc) from None
         self.stats["committed"] += len(rows)
         self.stats["commits"] += 1
+        dropped = self.full.unreported() if self.full.any() else None
+        if dropped:                                # space again after drops: say what was lost
+            self._commit_pending(extra_event=(self.run_id, time.time(), "records_dropped", _json(dropped)))
+
+    def _commit_full(self, rows, events, exc):
+        """A commit found the disk full (see edge/records/full.py): failsafe frees the reserve
+        and tries once more; otherwise the rows and events are dropped and counted."""
+        if not self._full_retry:               # first: move the WAL into the database and truncate it
+            self._full_retry = True
+            try:
+                if self._checkpoint():
+                    self._pending = rows + self._pending
+                    return self._commit_pending(extra_event=events)
+            finally:
+                self._full_retry = False
+        if self.full.full("rows", exc):
+            self._pending = rows + self._pending
+            note = (self.run_id, time.time(), "records_full", _json(dict(self.full.report(), found_by="commit")))
+            return self._commit_pending(extra_event=events + [note])
+        self.full.dropped("rows_dropped", len(rows), [r[1] for r in rows])
+        if events:
+            self.full.dropped("events_dropped", len(events))
+
+    def _checkpoint(self):
+        try:
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error:
+            return False
+        return busy == 0
 
     @contextmanager
     def _transaction(self, what=None):

@@ -10,7 +10,8 @@ deploy/config/example.yaml for a commented example.
     decision: {threshold: null, min_area: 0.0}
     deadline_ms: 500
     queue_size: 8
-    records: {db: records.db, images: records/images, quota_mb: 1024, save: flagged, format: jpg}
+    records: {db: records.db, images: records/images, quota_mb: 1024, save: flagged, format: jpg,
+              on_full: failsafe}             # or degrade: see docs/records.md
     line: {...}                            # docs/line-io.md
     view: {host: 127.0.0.1, port: 8080}
     status_every_s: 2
@@ -59,6 +60,7 @@ class RecordsConfig:
     quota_mb: float = 1024.0
     save: str = "flagged"
     format: str = "jpg"
+    on_full: str = "failsafe"                    # or degrade: docs/records.md
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,12 +198,13 @@ def validate(cfg, base_dir="."):
     deadline_ms = _num(cfg, "deadline_ms", "config", 1, 600000, 1000, float)
     queue_size = _num(cfg, "queue_size", "config", 1, 4096, 8)
     rec = cfg.get("records") or {}
-    _known(rec, ("db", "images", "quota_mb", "save", "format"), "records")
+    _known(rec, ("db", "images", "quota_mb", "save", "format", "on_full"), "records")
     records = RecordsConfig(db=path_of(_str(rec, "db", "records", "records.db")),
                             images=path_of(_str(rec, "images", "records")),
                             quota_mb=_num(rec, "quota_mb", "records", 1, 10 ** 7, 1024, float),
                             save=_choice(rec, "save", "records", ("flagged", "all", "none"), "flagged"),
-                            format=_choice(rec, "format", "records", ("png", "jpg"), "jpg"))
+                            format=_choice(rec, "format", "records", ("png", "jpg"), "jpg"),
+                            on_full=_choice(rec, "on_full", "records", ("failsafe", "degrade"), "failsafe"))
     line = None
     if cfg.get("line") is not None:
         from ..outputs import validate_line_config

@@ -235,7 +235,7 @@ class Pipeline:
                 self.q_in.put(item, timeout=0.5)
                 return
             except queue.Full:
-                if self._failed:                   # nobody downstream will take it: say so
+                if "infer" in self._failed:        # nobody downstream will take it: say so
                     self._event("undecided", {"seq": item[0].seq, "why": "pipeline faulted"})
                     return
 
@@ -309,6 +309,9 @@ class Pipeline:
             if self.store is not None:
                 d, image, amap = item
                 self.store.add(d, image, amap, self.threshold)
+                if self.store.full.tripped and "record" not in self._failed:   # records.on_full: failsafe
+                    self.fault("record", f"records disk full ({self.store.full.tripped}); on_full: failsafe",
+                               kind="records")
             if self.line is not None:
                 for ev in self.line.events():
                     self._event(f"line_{ev.get('kind')}", ev)

@@ -74,7 +74,7 @@ def open_parts(cfg):
         if rec.db:
             from ..records.store import RecordStore
             images = rec.images or os.path.join(os.path.dirname(rec.db) or ".", "images")
-            parts["store"] = RecordStore(rec.db, images, rec.quota_mb, rec.save, rec.format)
+            parts["store"] = RecordStore(rec.db, images, rec.quota_mb, rec.save, rec.format, on_full=rec.on_full)
         if cfg.line:
             from ..outputs import LineIO
             parts["line"] = LineIO(cfg.line)
@@ -126,9 +126,11 @@ def run(args):
             connected = parts["source"].stats().get("connected", True)
             fault = "; ".join(pipe.errors) or (None if connected else "camera lost")
             view.set_status(dict(s, fault=fault, engine=parts["engine"].name, source=parts["source"].describe(),
-                                 bundle=f"{os.path.basename(os.path.realpath(bundle.path))} (id {bundle.id[:12]})"))
+                                 bundle=f"{os.path.basename(os.path.realpath(bundle.path))} (id {bundle.id[:12]})",
+                                 **({"records": store.full.report()} if store is not None and store.full.any() else {})))
         if not args.quiet:
-            log.info(format_status(s), extra={"data": s})
+            log.info(format_status(s) + (f"  records: {store.full.describe()}" if store is not None
+                                         and store.full.any() else ""), extra={"data": s})
 
     log.info(f"edge run: {bundle.method} bundle {bundle.path} (id {bundle.id[:12]}) on {parts['engine'].name} "
                      f"({cfg.engine.precision}), source {parts['source'].describe()}, mode {cfg.mode}, "
@@ -153,6 +155,7 @@ def run(args):
           f"{summary['outages']} source outages; {summary['fps']:.1f} fps, latency p50 "
           f"{summary['latency_ms_p50']:.1f} ms p95 {summary['latency_ms_p95']:.1f} ms"
           + (f"; run {run_id} in {cfg.records.db}" if run_id is not None else "")
+          + (f"; records: {store.full.describe()}" if store is not None and store.full.any() else "")
           + (f"; FAULT: {error}" if error else ""))
     if error:
         log.error(f"edge run: fault: {error}")
