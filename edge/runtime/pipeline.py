@@ -158,6 +158,7 @@ class Pipeline:
             downstream.put(_END)
 
     def _discard(self, q, why):
+        kind = "unrecorded" if q is self.q_rec else "undecided"     # decided, told to the line, not recorded
         while True:
             try:
                 item = q.get(timeout=5.0)
@@ -165,7 +166,13 @@ class Pipeline:
                 return
             if item is _END:
                 return
-            self._event("undecided", {"seq": item[0].seq, "why": why})
+            self._event(kind, {"seq": item[0].seq, "why": why})
+
+    def _in_hand(self, kind, seqs, stage):
+        """Frames a stage held when it failed: each named in an event (the line's fail-safe
+        handles their parts; a decided one was already told to the line)."""
+        for seq in seqs:
+            self._event(kind, {"seq": seq, "why": f"{stage} failed"})
 
     def _event(self, kind, detail):
         if self.store is not None:
@@ -194,7 +201,11 @@ class Pipeline:
                 last_seq = frame.seq
                 if self.line is not None:
                     self.line.expect(frame.seq, frame.t_capture, frame.encoder, frame.part_id)
-                item = (frame, self.pre(frame.image))
+                try:
+                    item = (frame, self.pre(frame.image))
+                except BaseException:
+                    self._in_hand("undecided", [frame.seq], "capture")
+                    raise
                 with self.stats.lock:
                     self.stats.captured += 1
                 self._enqueue(item)
@@ -265,7 +276,11 @@ class Pipeline:
                     buf[i] = x
                 frames = buf[:n]
             t0 = time.monotonic()
-            maps, scores = self.engine.infer(frames)
+            try:
+                maps, scores = self.engine.infer(frames)
+            except BaseException:
+                self._in_hand("undecided", [f.seq for f, _ in items], "infer")
+                raise
             spent = time.monotonic() - t0
             for i, (frame, x) in enumerate(items):
                 self.q_out.put((frame, x, maps[i], float(scores[i]), spent, n))
@@ -278,28 +293,35 @@ class Pipeline:
             if item is _END:
                 break
             frame, x, amap, score, spent, n = item
-            if not (math.isfinite(score) and np.isfinite(amap).all()):   # NaN passes every `>=`
-                raise EdgeError(f"engine returned a non-finite {'score' if not math.isfinite(score) else 'anomaly map'} "
-                                f"for frame {frame.seq} (score {score}): a fault, never a pass")
-            area = float(np.count_nonzero(amap >= thr)) / amap.size
-            over = score >= thr
-            reject = over and area >= self.min_area
-            reason = "score" if reject else ("small" if over else "ok")
-            latency = time.monotonic() - frame.t_capture
-            if latency > self.deadline_s:
-                reason = "late"
-            d = Decision(frame.seq, frame.t_capture, frame.wall, score, reject, reason, latency, area,
-                         frame.encoder, frame.part_id, {"engine_ms": spent * 1000, "batch": n})
-            if self.line is not None:
-                self.line.decide(d)
-            self.stats.decision(d, spent, n)
-            if self.view is not None:
-                self.view.update(x, amap, d, thr)
-            if reject and self.on_reject is not None:
-                self.on_reject(d)
-            keep = self.save == "all" or (self.save == "flagged" and reject)
-            self.q_rec.put((d, x if keep else None, amap if keep else None))
+            try:
+                self._decide_one(frame, x, amap, score, spent, n, thr)
+            except BaseException:
+                self._in_hand("undecided", [frame.seq], "decide")
+                raise
         self.q_rec.put(_END)
+
+    def _decide_one(self, frame, x, amap, score, spent, n, thr):
+        if not (math.isfinite(score) and np.isfinite(amap).all()):   # NaN passes every `>=`
+            raise EdgeError(f"engine returned a non-finite {'score' if not math.isfinite(score) else 'anomaly map'} "
+                            f"for frame {frame.seq} (score {score}): a fault, never a pass")
+        area = float(np.count_nonzero(amap >= thr)) / amap.size
+        over = score >= thr
+        reject = over and area >= self.min_area
+        reason = "score" if reject else ("small" if over else "ok")
+        latency = time.monotonic() - frame.t_capture
+        if latency > self.deadline_s:
+            reason = "late"
+        d = Decision(frame.seq, frame.t_capture, frame.wall, score, reject, reason, latency, area,
+                     frame.encoder, frame.part_id, {"engine_ms": spent * 1000, "batch": n})
+        if self.line is not None:
+            self.line.decide(d)
+        self.stats.decision(d, spent, n)
+        if self.view is not None:
+            self.view.update(x, amap, d, thr)
+        if reject and self.on_reject is not None:
+            self.on_reject(d)
+        keep = self.save == "all" or (self.save == "flagged" and reject)
+        self.q_rec.put((d, x if keep else None, amap if keep else None))
 
     def _record(self):
         while True:
@@ -308,7 +330,11 @@ class Pipeline:
                 break
             if self.store is not None:
                 d, image, amap = item
-                self.store.add(d, image, amap, self.threshold)
+                try:
+                    self.store.add(d, image, amap, self.threshold)
+                except BaseException:
+                    self._in_hand("unrecorded", [d.seq], "record")
+                    raise
                 if self.store.full.tripped and "record" not in self._failed:   # records.on_full: failsafe
                     self.fault("record", f"records disk full ({self.store.full.tripped}); on_full: failsafe",
                                kind="records")
