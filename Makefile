@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 EDGE := $(VENV)/bin/edge
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-line bench-precision deps clean
+.PHONY: demo test bench bench-line bench-precision bench-faults deps clean
 
 # Create the virtual environment and install the project with everything the tests need.
 $(STAMP): setup.cfg .ci/apt-packages.txt .ci/requirements-test.txt .ci/install-deps
@@ -29,6 +29,10 @@ bench-line: $(STAMP)
 
 bench-precision: $(STAMP)
 	$(PY) -m scripts.bench_precision
+
+# Faults and bad inputs against a real `edge run` (a 2 MB tmpfs for the full disk: root only).
+bench-faults: $(STAMP)
+	$(PY) -m scripts.bench_faults
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache
