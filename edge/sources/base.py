@@ -90,6 +90,10 @@ class Source:
             if self.spec.finite:
                 raise EdgeError(f"cannot open: {exc}", self._where()) from None
             self._mark_lost(f"cannot open: {exc}")
+        except EdgeError:
+            raise
+        except Exception as exc:        # a backend failing in a way nobody foresaw: one line, no traceback
+            raise EdgeError(f"cannot open: {type(exc).__name__}: {_one_line(exc)}", self._where()) from None
         self._thread = threading.Thread(target=self._run, name=f"source {self._where()}", daemon=True)
         self._thread.start()
         return self
