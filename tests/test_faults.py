@@ -95,7 +95,7 @@ def assert_faulted(res, report, db, stage, kind, words):
 def test_bomb_png_in_a_folder_faults_the_run(bundle, tmp_path):
     """A 1 kB PNG declaring 100000 x 100000 pixels between good frames."""
     folder = folder_of(tmp_path, 8, bad_at=4, make_bad=bomb_png)
-    cfg = run_config(tmp_path, bundle, folder)
+    cfg = run_config(tmp_path, bundle, {"uri": folder, "options": {"fps": 20}})   # paced: the line runs a while
     res, report = faultrun(tmp_path, cfg)
     run_summary, n, _ = assert_faulted(res, report, tmp_path / "r.db", "capture", "source", ["004_bad.png"])
     assert run_summary["decided"] == 5 and n == 5          # every frame before it (000-004) decided and recorded
