@@ -175,7 +175,7 @@ def test_nan_scores_fault_the_run_and_pass_nothing(nan_bundle, tmp_path, capfd):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(json.dumps({"bundle": nan_bundle, "source": GOOD, "records": {"db": str(db)}}))
     rc, err, _ = run_cli(capfd, "run", cfg, "--quiet")
-    assert rc == 2 and "non-finite" in err[-1], err
+    assert rc == 3 and "non-finite" in err[-1], err          # a fault of the run (2: refused before it)
     con = sqlite3.connect(db)
     try:
         passed = con.execute("SELECT COUNT(*) FROM records WHERE reject = 0").fetchone()[0]

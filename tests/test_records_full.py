@@ -99,7 +99,8 @@ def test_edge_run_on_a_full_disk(bundle, tmp_path, small_disk, on_full):  # noqa
     summary = res.stdout.strip().splitlines()[-1]
     n, n_img, run_summary, kinds = check_store(small_disk / "r.db", small_disk / "img")
     rec = run_summary["records"]
-    assert "records_full" in kinds and "run_end" in kinds
+    assert "run_end" in kinds
+    assert "records_full" in kinds or rec["events_dropped"] > 0     # under degrade it may be dropped, and counted
     assert rec["images_dropped"] > 0 and "images" in summary and "dropped (disk full" in summary
     assert n + rec["rows_dropped"] == run_summary["decided"]
     if on_full == "failsafe":
