@@ -190,9 +190,11 @@ def _readable(folder):
             os.chmod(os.path.join(dirpath, f), 0o644)
 
 
-def install(source, root=None, activate=False, keep=DEFAULT_KEEP, log=print):
+def install(source, root=None, activate=False, keep=DEFAULT_KEEP, log=print, engine="auto", precision="fp32"):
     """Verify and copy a bundle folder or archive into <root>/bundles/<name>-<id8>; with
-    `activate`, make it current. A bundle that fails verification changes nothing."""
+    `activate`, prove it on `engine` and `precision` with its reference frames, then make it
+    current. A bundle that fails verification changes nothing; one whose reference frames score
+    otherwise than on the workstation stays installed but is not activated."""
     root = os.path.abspath(root or default_root())
     source = os.path.abspath(source)
     if not os.path.exists(source):
@@ -231,9 +233,32 @@ def install(source, root=None, activate=False, keep=DEFAULT_KEEP, log=print):
         _write_log(root, entries)
         activated = False
         if activate:
+            prove(dest, engine, precision, log)
             activated = _activate(root, dest, log)
         pruned = prune(root, keep, log=log, _locked=True)
     return Installed(os.path.basename(dest), dest, bid, reused, activated, pruned)
+
+
+def prove(path, engine="auto", precision="fp32", log=print):
+    """Run the bundle's reference frames through the engine and precision this box will use;
+    EdgeError (activation refused) when they score otherwise than on the workstation. A
+    TensorRT box without a plan yet is checked by `edge build` when it makes one."""
+    from ..engines import open_engine, tensorrt_available
+    from . import reference
+
+    bundle = Bundle(path)
+    kind = ("tensorrt" if tensorrt_available() else "onnxruntime") if engine == "auto" else engine
+    try:
+        eng = open_engine(bundle, kind, precision)
+    except EdgeError as exc:
+        if kind == "tensorrt":
+            log(f"reference frames not checked on TensorRT ({exc}); `edge build` checks each plan it makes")
+            return None
+        raise EdgeError(f"activation refused: {exc}") from None
+    try:
+        return reference.check(bundle, eng, precision, "activation refused (installed, not current)", log=log)
+    finally:
+        eng.close()
 
 
 def _existing(bundles_dir, bid):

@@ -4,6 +4,7 @@ import os
 import signal
 import sys
 
+from ..bundle import reference
 from ..bundle.manifest import Bundle
 from .config import load_config, validate
 from ..engines import open_engine
@@ -57,6 +58,9 @@ def open_parts(cfg):
         bundle = parts["bundle"] = Bundle(cfg["bundle"])
         e = cfg["engine"]
         parts["engine"] = open_engine(bundle, e["kind"], e["precision"], batch=e["batch"], threads=e["threads"])
+        # The bundle proves itself on this engine before a frame is judged: a fault, not a start.
+        reference.check(bundle, parts["engine"], e["precision"], "edge run refused to start",
+                        log=lambda m: sys.stderr.write(f"edge run: {m}\n"))
         from ..sources import open_source
         options = dict(cfg["source"]["options"])
         if cfg["mode"] == "latest":
