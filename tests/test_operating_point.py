@@ -80,9 +80,9 @@ def odd_set(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundle(odd_set, tmp_path_factory):
-    from train.trainer import train_bundle
     out = str(tmp_path_factory.mktemp("b") / "bundle")
-    train_bundle("padim", odd_set, out, SIZE, evaluate=False)
+    res = edge("train", "--method", "padim", "--data", odd_set, "--out", out, "--size", str(SIZE[0]), "--no-eval")
+    assert res.returncode == 0, res.stderr
     return out
 
 
@@ -184,10 +184,10 @@ def test_run_faults_and_install_refuses_when_the_box_scores_otherwise(bundle, tm
 
 
 def test_quantize_adds_the_variants_reference_scores(bundle, tmp_path):
-    from convert.quantize import quantize_bundle
     path = str(tmp_path / "q")
     shutil.copytree(bundle, path)
-    quantize_bundle(path, "fp16", trt=False, log=lambda *a: None)
+    res = edge("quantize", path, "--precision", "fp16", "--no-trt-check")
+    assert res.returncode == 0, res.stderr
     b = Bundle(path)
     fp32 = np.array(b.manifest["reference"]["scores"]["model.onnx"]["scores"])
     fp16 = np.array(b.manifest["reference"]["scores"]["model.fp16.onnx"]["scores"])
