@@ -38,6 +38,9 @@ def test_folds_are_contiguous_and_guarded():
     assert not set(range(10, 21)) & set(fit) and len(fit) == 32 - 11
     with pytest.raises(EdgeError, match="at least 4"):
         op.contiguous_folds(3)
+    # A small set: the guard shrinks so that every fold's model still sees half the others.
+    for a, b in op.contiguous_folds(6, 5):
+        assert len(op.fit_indices(6, a, b)) >= 2 and not set(range(a, b)) & set(op.fit_indices(6, a, b))
 
 
 def test_threshold_for_a_rate_outliers_named_and_shortfall_said():

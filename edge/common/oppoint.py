@@ -38,9 +38,15 @@ def contiguous_folds(n, folds=DEFAULT_FOLDS):
 
 
 def fit_indices(n, start, end, guard=DEFAULT_GUARD):
-    """Indices a fold's model is fitted on: all but [start, end) and `guard` images either side."""
-    lo, hi = max(0, start - guard), min(n, end + guard)
-    return [i for i in range(n) if i < lo or i >= hi]
+    """Indices a fold's model is fitted on: all but [start, end) and `guard` images either side
+    (fewer on a small set, so that at least half of the other images remain)."""
+    need = max(2, (n - (end - start)) // 2)
+    for g in range(int(guard), -1, -1):
+        lo, hi = max(0, start - g), min(n, end + g)
+        idx = [i for i in range(n) if i < lo or i >= hi]
+        if len(idx) >= need:
+            return idx
+    return idx
 
 
 # ---- binomial uncertainty ---------------------------------------------------------------
