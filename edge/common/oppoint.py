@@ -20,7 +20,7 @@ from .errors import EdgeError
 
 DEFAULT_FALSE_REJECT = 0.01     # see docs: 1 % is what a few hundred good images can show
 DEFAULT_FOLDS = 5
-DEFAULT_GUARD = 2
+DEFAULT_GUARD = 4                # images either side of a fold left out of its model: a few frames of a run
 CONFIDENCE = 0.95
 OUTLIER_Z = 5.0                 # robust z (median / MAD of log scores) above which a score is an outlier
 MAX_OUTLIER_SHARE = 0.05        # at most this share (at least 1) is set aside as outliers
