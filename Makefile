@@ -7,7 +7,8 @@ RVENV ?= .venv-numpy1
 RSTAMP := $(RVENV)/.installed
 # Tests of the line-side runtime (no training in-process; bundles come from the full venv).
 RUNTIME_TESTS := tests/test_metrics.py tests/test_run.py tests/test_records.py tests/test_deploy.py \
-	tests/test_liveview.py tests/test_trt_engine.py tests/test_sources.py tests/test_operating_point.py
+	tests/test_liveview.py tests/test_trt_engine.py tests/test_sources.py tests/test_operating_point.py \
+	tests/test_architecture.py
 
 .PHONY: demo test test-runtime pyversion bench bench-line bench-precision operating-point deps clean
 
