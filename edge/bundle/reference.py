@@ -145,7 +145,11 @@ def check(bundle, engine, precision, what, graph_file=None, log=None):
 def check_plan(bundle, plan_path, precision, log=print):
     """`edge build`: the reference frames through a plan just built; on a mismatch the plan is
     deleted and EdgeError raised."""
+    from ..engines.cuda import cuda_available
     from ..engines.tensorrt import TrtEngine
+    if not cuda_available():
+        log(f"reference frames not run through {os.path.basename(plan_path)}: no CUDA device here")
+        return
     engine = TrtEngine(plan_path, precision=precision, expected_hw=bundle.input_hw, _checked=True)
     try:
         check(bundle, engine, precision, f"plan {os.path.basename(plan_path)} refused (deleted)",
