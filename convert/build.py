@@ -305,6 +305,8 @@ def build_plan(bundle, precision="fp32", batches=(1, 1, 1), workspace_mb=None, d
             f"({len(data) / 2**20:.1f} MiB plan in {info['build_seconds']:.1f} s; not saved)")
         return result
     atomic_write_bytes(plan_path, data)
+    from edge.bundle.reference import check_plan
+    check_plan(bundle, plan_path, precision, log)          # the reference frames through the plan
     info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     doc = pk.write_sidecar(plan_path, key, info)
     pk.record_in_manifest(bundle, plan_path, key, doc["plan_sha256"])

@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from edge.bundle import reference
 from edge.bundle.manifest import ENGINE_GRAPH_FILES, GRAPH_FILES, Bundle
 from edge.common.errors import EdgeError
 from edge.runtime.preprocess import Preprocessor
@@ -242,44 +243,28 @@ def evaluation_set(bundle, root=None):
     return load_images(paths, pre), None, None, f"{name} good images (no test split)"
 
 
-def variant_threshold(bundle, variant_path, batch=8, threads=None):
-    """The bundle's threshold rule applied to the variant's scores on the same held-out good
-    images the FP32 threshold came from (validation/good, or the same every-k-th images of
-    train/good); None when those images cannot be found again (data moved or changed)."""
+def variant_threshold(bundle, variant_path, batch=8, threads=None, count=16):
+    """The bundle's operating point carried over to the variant: its threshold moved by the
+    median score difference of the variant from FP32 on up to `count` good training images
+    (edge.common.oppoint.carried_over); None when those images cannot be found again."""
+    from edge.common import oppoint
     from edge.engines.onnxrt import OrtEngine
     from train.data import MvtecSet, load_images
     from train.evaluate import run_engine
-    from train.trainer import choose_threshold
 
-    training = bundle.manifest.get("training") or {}
-    root = training.get("data")
+    root = (bundle.manifest.get("training") or {}).get("data")
     if not root or not os.path.isdir(root):
         return None
-    ds = MvtecSet(root)
     try:
-        if training.get("fingerprint") and ds.fingerprint() != training["fingerprint"]:
-            return None
-        paths = ds.validation_good()
-        if not paths:
-            train, k = ds.train_good(), int(training.get("holdout_images") or 0)
-            if k < 2:
-                return None
-            held = sorted(set(np.linspace(0, len(train) - 1, k).round().astype(int).tolist()))
-            paths = [train[i] for i in held]
+        paths = MvtecSet(root).train_good()
     except EdgeError:
         return None
+    paths = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int))]
     images = load_images(paths, Preprocessor.for_bundle(bundle))
+    ref = run_engine(OrtEngine(bundle.graph_path("fp32"), threads=threads), images, batch)[1]
     scores = run_engine(OrtEngine(variant_path, threads=threads), images, batch)[1]
-    sigmas = 3.0
-    method = str(bundle.manifest["threshold"].get("method", ""))
-    if "mean + " in method:
-        try:
-            sigmas = float(method.split("mean + ")[1].split()[0])
-        except ValueError:
-            pass
-    thr = choose_threshold(scores, sigmas)
-    thr["source"] = bundle.manifest["threshold"].get("source", "held-out good images")
-    return thr
+    shift = float(np.median(scores.astype(np.float64) - ref))
+    return oppoint.carried_over(bundle.manifest["threshold"], shift, f"{len(paths)} good training images")
 
 
 def compare(bundle, variant_path, images, labels=None, masks=None, batch=8, threads=None, ref=None,
@@ -399,6 +384,20 @@ def over_budget(acc, limits):
     return why
 
 
+def _score_reference(bundle, name, precision, threads, simulate):
+    """The reference frames' scores of a new graph; a quantized graph meant for TensorRT is
+    scored with its Q/DQ simulated in float, as its accuracy is, not with this CPU's kernels."""
+    from convert.qdq_float import is_quantized, save_float_simulation
+
+    path = os.path.join(bundle.path, name)
+    if not (simulate and is_quantized(path)):
+        return reference.score_graph(bundle.path, bundle.manifest, name, precision, threads)
+    with tempfile.TemporaryDirectory(prefix="edge-qdq-float-") as tmp:
+        run_path = save_float_simulation(path, os.path.join(tmp, "float.onnx"))
+        how = reference.workstation("onnxruntime", precision) + ", Q/DQ simulated in float"
+        return reference.score_graph(bundle.path, bundle.manifest, name, precision, threads, run_path, how)
+
+
 def _check_variant(bundle, path, precision, trt, eval_data, limits, batch, threads, ref=None, label=None,
                    for_tensorrt=True):
     """Graph check and TensorRT check (when `trt`) of a graph meant for TensorRT, then own
@@ -513,6 +512,8 @@ def quantize_bundle(bundle_path, precision, calib_images=DEFAULT_CALIB_IMAGES, c
         for tmp in tmps:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    for engine, name, _g, _d in variants:    # the reference frames' scores of each new graph
+        _score_reference(bundle, name, precision, threads, simulate=engine is None)
     entry = entries[0]
     for (engine, _n, _g, _d), sub in zip(variants[1:], entries[1:]):
         entry[engine] = sub

@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("train.cli", "train a model on good images and write a model bundle"),
     "evaluate": ("train.evaluate", "evaluate a bundle's ONNX graph on a data set's test split"),
     "predict": ("edge.tools.predict", "score images or a folder with a bundle; write heat-map overlays"),
+    "threshold": ("edge.tools.threshold", "set a bundle's threshold for a false-reject rate (or a value) without retraining"),
     "quantize": ("convert.quantize", "add an FP16 or INT8 variant of the graph to a bundle"),
     "build": ("convert.build", "build a TensorRT plan for this device from a bundle"),
     "bench": ("edge.tools.bench", "measure throughput and latency of each engine and precision"),

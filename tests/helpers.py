@@ -8,7 +8,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPED = os.path.join(ROOT, "data", "piped")
 
 
+# The workstation's commands (torch, onnx's quantisation). Where the tests run in a runtime-only
+# environment (numpy 1.x, no torch: `make test-runtime`), EDGE_TRAIN_PYTHON names the Python of
+# a full one: bundles are made there and used here, as a workstation's are on a line-side box.
+WORKSTATION_COMMANDS = ("train", "quantize")
+
+
 def edge(*args, cwd=None, timeout=600, env=None):
     """Run the `edge` command in a child process; returns CompletedProcess with text output."""
-    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], capture_output=True, text=True,
+    python = sys.executable
+    if args and args[0] in WORKSTATION_COMMANDS:
+        python = os.environ.get("EDGE_TRAIN_PYTHON") or python
+    return subprocess.run([python, "-m", "edge.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or ROOT, timeout=timeout, env=env)

@@ -128,8 +128,8 @@ def test_evaluate_json_naming_a_folder(toy, tmp_path, capfd):
     (["--param", "dims=abc"], "--param dims"),
     (["--param", "dims=0"], "--param dims"),
     (["--param", "reg=nan"], "--param reg"),
-    (["--holdout", "1.5"], "--holdout"),
-    (["--holdout", "0"], "--holdout"),
+    (["--false-reject", "1.5"], "--false-reject"),
+    (["--folds", "1"], "--folds"),
     (["--sigma", "-1"], "--sigma"),
     (["--sigma", "nan"], "--sigma"),
 ])

@@ -125,8 +125,11 @@ def test_sigterm_drains_in_flight_frames(bundle, tmp_path):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             time.sleep(0.3)
-            if os.path.exists(tmp_path / "r.db") and rows(tmp_path / "r.db", "SELECT count(*) FROM records")[0][0] > 20:
-                break
+            try:
+                if os.path.exists(tmp_path / "r.db") and rows(tmp_path / "r.db", "SELECT count(*) FROM records")[0][0] > 20:
+                    break
+            except sqlite3.OperationalError:        # the file exists, its tables not yet
+                pass
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:

@@ -49,9 +49,9 @@ def test_manifest_says_what_the_line_needs(trained):
     assert m["method"] == method and m["backbone"] == "efficientnet-lite0"
     assert m["input"] == {**m["input"], "height": 128, "width": 128, "colour_order": "RGB", "dtype": "uint8"}
     assert "held-out good" in m["threshold"]["method"] and m["threshold"]["source"].startswith("train/good")
-    assert m["threshold"]["value"] >= m["score_stats"]["holdout_good"]["max"]
+    assert m["threshold"]["value"] > m["score_stats"]["holdout_good"]["max"] or m["threshold"]["outliers"]
     assert len(m["training"]["fingerprint"]["sha256"]) == 64
-    assert set(m["files"]) == {"model.onnx"}
+    assert set(m["files"]) == {"model.onnx", "holdout.json", "reference.npz"}
     ev = m["evaluation"]["fp32"]
     assert ev["image_auroc"] > 0.9 and ev["pixel_auroc"] > 0.9, ev
 

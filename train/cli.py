@@ -2,6 +2,7 @@
 
 import os
 
+from edge.common import oppoint as op
 from edge.common.errors import EdgeError
 
 from .methods import METHODS
@@ -57,8 +58,12 @@ def add_arguments(p):
                         "wide_resnet50_2 (need --weights)")
     p.add_argument("--weights", help="local checkpoint (torchvision-style state dict) for the backbone")
     p.add_argument("--roi", help="region of interest x,y,w,h in source pixels, cropped before resizing")
-    p.add_argument("--holdout", type=float, default=0.15,
-                   help="fraction of train/good held out to set the threshold (unless validation/good exists)")
+    p.add_argument("--false-reject", type=float, default=op.DEFAULT_FALSE_REJECT, metavar="RATE",
+                   help=f"target share of good parts rejected: the threshold is set for it from held-out "
+                        f"good images (default {op.DEFAULT_FALSE_REJECT:g}; see docs/operating-point.md)")
+    p.add_argument("--folds", type=int, default=op.DEFAULT_FOLDS,
+                   help=f"contiguous folds of train/good, each scored by a model fitted without it, for the "
+                        f"threshold (default {op.DEFAULT_FOLDS}; unused where validation/good exists)")
     p.add_argument("--sigma", type=float, default=4.0, help="Gaussian smoothing of the map, in pixels")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="method parameter, e.g. coreset_ratio=0.1, max_bank=4096 (patchcore), dims=100 (padim)")
@@ -76,7 +81,7 @@ def run(args):
         raise EdgeError("--out must not be the data folder", args.out)
     try:
         settings = TrainSettings(args.method, args.data, args.out, parse_size(args.size), args.backbone, args.weights,
-                                 parse_roi(args.roi), args.holdout, args.sigma, parse_params(args.param),
+                                 parse_roi(args.roi), args.false_reject, args.folds, args.sigma, parse_params(args.param),
                                  evaluate=not args.no_eval and os.path.isdir(os.path.join(args.data, "test")),
                                  threads=args.threads)
     except EdgeError as exc:                     # name the option rather than the setting

@@ -40,7 +40,10 @@ def compute_metrics(labels, scores, masks, maps, threshold):
     has_masks = masks.any()
     res["pixel_auroc"] = metrics.auroc(masks, maps) if has_masks else float("nan")
     res["aupro"] = metrics.aupro(masks, maps, 0.3) if has_masks else float("nan")
-    res["confusion"] = metrics.confusion(labels, scores, threshold)
+    res["confusion"] = c = metrics.confusion(labels, scores, threshold)
+    # What the line lives with at the threshold it uses: defects caught, good parts thrown away.
+    res["recall"] = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else float("nan")
+    res["false_reject"] = c["fp"] / (c["fp"] + c["tn"]) if c["fp"] + c["tn"] else float("nan")
     return res
 
 
@@ -77,7 +80,8 @@ def evaluate_bundle(bundle_path, data, precision="fp32", engine="onnxruntime", b
         c = res["confusion"]
         say(f"{os.path.basename(os.path.abspath(data))}: image AUROC {res['image_auroc']:.4f}  pixel AUROC "
             f"{res['pixel_auroc']:.4f}  AUPRO {res['aupro']:.4f}  F1-max {res['f1_max']:.4f}  "
-            f"at threshold: tp {c['tp']} fp {c['fp']} tn {c['tn']} fn {c['fn']}  "
+            f"at threshold {threshold:.4g}: recall {res['recall']:.4f} ({c['tp']} of {c['tp'] + c['fn']} defects "
+            f"caught), false-reject {res['false_reject']:.4f} ({c['fp']} of {c['fp'] + c['tn']} good rejected)  "
             f"{res['images_per_second']:.1f} images/s ({engine} {precision}, batch {batch})")
     if json_path:
         atomic_write_text(json_path, json.dumps(res, indent=2) + "\n")

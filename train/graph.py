@@ -125,10 +125,16 @@ class AnomalyGraph(nn.Module):
         return self.embedder(feats)
 
     def forward(self, frames):
-        patches = self.head(self.features(frames))
+        return self.from_features(self.features(frames))
+
+    def from_features(self, feats, head=None):
+        """(map, score) from features already computed, with `head` (default: the graph's own;
+        another head scores held-out images with a model fitted without them)."""
+        head = self.head if head is None else head
+        patches = head(feats)
         amap = self.smoother(patches)
         if self.score_fraction > 0:
             flat = patches.flatten(1)
-            k = max(1, int(round(self.score_fraction * self.head.hw[0] * self.head.hw[1])))
+            k = max(1, int(round(self.score_fraction * head.hw[0] * head.hw[1])))
             return amap, flat.topk(k, dim=1).values.mean(1)
         return amap, amap.flatten(1).amax(1)

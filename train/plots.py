@@ -19,7 +19,7 @@ def roc_plot(path, labels, scores, masks, maps, title=""):
             if fpr.size > 2000:                      # thin the pixel curve for plotting
                 keep = np.unique(np.linspace(0, fpr.size - 1, 2000).astype(int))
                 fpr, tpr = fpr[keep], tpr[keep]
-            ax.plot(fpr, tpr, label=f"{name} AUROC {np.trapezoid(tpr, fpr):.3f}")
+            ax.plot(fpr, tpr, label=f"{name} AUROC {metrics.trapezoid(tpr, fpr):.3f}")
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")

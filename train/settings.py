@@ -17,7 +17,8 @@ class TrainSettings:
     backbone: str = "efficientnet-lite0"
     weights: Optional[str] = None                # local checkpoint for the backbone
     roi: Optional[Tuple[int, int, int, int]] = None   # x, y, w, h in source pixels
-    holdout: float = 0.15                        # share of train/good held out for the threshold
+    false_reject: float = 0.01                   # target share of good parts rejected (the operating point)
+    folds: int = 5                               # contiguous folds of train/good scored for the threshold
     sigma: float = 4.0                           # Gaussian smoothing of the map, pixels
     method_params: dict = dataclasses.field(default_factory=dict)
     evaluate: bool = True                        # evaluate on the test split when it exists
@@ -42,8 +43,11 @@ class TrainSettings:
                 _bad("roi", f"must be x,y,w,h in pixels of the source image (w, h > 0), got "
                             f"{','.join(map(str, roi))}")
             object.__setattr__(self, "roi", roi)
-        if not _is_num(self.holdout) or not 0 < self.holdout < 1:
-            _bad("holdout", f"must be a fraction between 0 and 1 (exclusive), got {self.holdout!r}")
+        if not _is_num(self.false_reject) or not 0 < self.false_reject < 0.5:
+            _bad("false_reject", f"must be a fraction of good parts above 0 and below 0.5 (0.01 = 1 %), "
+                                 f"got {self.false_reject!r}")
+        if not _is_int(self.folds) or self.folds < 2:
+            _bad("folds", f"must be 2 or more, got {self.folds!r}")
         if not _is_num(self.sigma) or not 0 <= self.sigma <= 64:
             _bad("sigma", f"must be 0..64 pixels, got {self.sigma!r}")
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):

@@ -201,10 +201,12 @@ def _readable(folder):
 
 
 def install(source, root=None, activate=False, keep=DEFAULT_KEEP, log=print, trust=(), signature=None,
-            max_unpacked_mb=MAX_UNPACKED_MB):
+            max_unpacked_mb=MAX_UNPACKED_MB, engine="auto", precision="fp32"):
     """Verify and copy a bundle folder or archive into <root>/bundles/<name>-<id8>; with
-    `activate`, make it current. A bundle that fails verification changes nothing. With
-    trusted keys (`trust`, or <root>/trusted-keys/*.pub) only a signed archive is installed."""
+    `activate`, prove it on `engine` and `precision` with its reference frames, then make it
+    current. A bundle that fails verification changes nothing; one whose reference frames score
+    otherwise than on the workstation stays installed but is not activated. With trusted keys
+    (`trust`, or <root>/trusted-keys/*.pub) only a signed archive is installed."""
     root = _root(root)
     source = os.path.abspath(source)
     if not os.path.exists(source):
@@ -263,9 +265,32 @@ def install(source, root=None, activate=False, keep=DEFAULT_KEEP, log=print, tru
         _write_log(root, entries)
         activated = False
         if activate:
+            prove(dest, engine, precision, log)
             activated = _activate(root, dest, log)
         pruned = prune(root, keep, log=log, _locked=True)
     return Installed(os.path.basename(dest), dest, bid, reused, activated, pruned)
+
+
+def prove(path, engine="auto", precision="fp32", log=print):
+    """Run the bundle's reference frames through the engine and precision this box will use;
+    EdgeError (activation refused) when they score otherwise than on the workstation. A
+    TensorRT box without a plan yet is checked by `edge build` when it makes one."""
+    from ..engines import open_engine, resolve_kind
+    from . import reference
+
+    bundle = Bundle(path)
+    kind = resolve_kind(engine)
+    try:
+        eng = open_engine(bundle, kind, precision)
+    except EdgeError as exc:
+        if kind == "tensorrt":
+            log(f"reference frames not checked on TensorRT ({exc}); `edge build` checks each plan it makes")
+            return None
+        raise EdgeError(f"activation refused: {exc}") from None
+    try:
+        return reference.check(bundle, eng, precision, "activation refused (installed, not current)", log=log)
+    finally:
+        eng.close()
 
 
 def _existing(bundles_dir, bid):

@@ -4,6 +4,12 @@ Used by evaluation (train/evaluate.py), the precision checks and `edge bench`.""
 import numpy as np
 
 
+def trapezoid(y, x):
+    """Area under y(x) by the trapezoid rule (np.trapezoid is numpy 2 only, np.trapz numpy 1 only)."""
+    y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1])) / 2.0) if x.size > 1 else 0.0
+
+
 def _ranked(labels, scores):
     """Cumulative true and false positives at each distinct score, highest score first."""
     scores = np.asarray(scores, np.float64).ravel()
@@ -29,7 +35,7 @@ def auroc(labels, scores):
     if curve is None:
         return float("nan")
     fpr, tpr, _ = curve
-    return float(np.trapezoid(tpr, fpr))
+    return trapezoid(tpr, fpr)
 
 
 def f1_max(labels, scores):
@@ -77,7 +83,7 @@ def aupro(masks, maps, fpr_limit=0.3):
         t = (fpr_limit - fpr[j - 1]) / max(fpr[j] - fpr[j - 1], 1e-12)
         x = np.r_[x, fpr_limit]
         y = np.r_[y, pro[j - 1] + t * (pro[j] - pro[j - 1])]
-    return float(np.trapezoid(y, x) / fpr_limit)
+    return trapezoid(y, x) / fpr_limit
 
 
 def confusion(labels, scores, threshold):

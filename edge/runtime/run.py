@@ -4,6 +4,7 @@ import logging
 import os
 import signal
 
+from ..bundle import reference
 from ..bundle.manifest import Bundle
 from .config import load_config, validate
 from ..engines import open_engine
@@ -65,6 +66,8 @@ def open_parts(cfg):
         bundle = parts["bundle"] = Bundle(cfg.bundle)
         e = cfg.engine
         parts["engine"] = open_engine(bundle, e.kind, e.precision, batch=e.batch, threads=e.threads, dla=e.dla)
+        # The bundle proves itself on this engine before a frame is judged: a fault, not a start.
+        reference.check(bundle, parts["engine"], e.precision, "edge run refused to start", log=log.info)
         from ..sources import open_source
         options = dict(cfg.source.options)
         if cfg.mode == "latest":
