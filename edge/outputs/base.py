@@ -46,6 +46,10 @@ class Output:
     def status(self, s):
         pass
 
+    def telemetry(self, run_status):
+        """The run's status (edge.runtime.status.RunStatus.to_dict()), every status period."""
+        pass
+
     def event(self, ev):
         pass
 

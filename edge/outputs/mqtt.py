@@ -1,7 +1,8 @@
 """MQTT (paho-mqtt 2.x) for telemetry and verdicts to the plant's systems.
 
 Topics under `topic_prefix`: status (retained, QoS 1; the last will sets it offline),
-verdict and event (QoS `qos`), heartbeat (QoS 0, not retained). paho's own network thread
+verdict and event (QoS `qos`), telemetry (the run's status, edge.runtime.status,
+retained, QoS 0), heartbeat (QoS 0, not retained). paho's own network thread
 reconnects with back-off and queues QoS>0 messages meanwhile.
 
 With `tls:` the broker must present a certificate that the configured CA signed and that names
@@ -39,7 +40,7 @@ class MqttOutput(Output):
         self._last_status = _status_payload("online")
         self.gaps = 0
         p = cfg["topic_prefix"]
-        self.topics = {k: f"{p}/{k}" for k in ("status", "verdict", "event", "heartbeat")}
+        self.topics = {k: f"{p}/{k}" for k in ("status", "verdict", "event", "heartbeat", "telemetry")}
 
     def start(self):
         try:
@@ -136,6 +137,11 @@ class MqttOutput(Output):
         state = "fault" if s["fault"] else ("online" if s["ready"] else "stopped")
         self._last_status = _status_payload(state, s)
         self._pub("status", self._last_status, qos=1, retain=True)
+
+    def telemetry(self, run_status):
+        """The run's status contract (versioned JSON), retained: a dashboard that subscribes
+        later sees the last one at once."""
+        self._pub("telemetry", json.dumps(run_status, default=str), qos=0, retain=True)
 
     def event(self, ev):
         if ev.get("output") == self.name:

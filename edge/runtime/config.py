@@ -61,12 +61,15 @@ class RecordsConfig:
     save: str = "flagged"
     format: str = "jpg"
     on_full: str = "failsafe"                    # or degrade: docs/records.md
+    forward: Optional[dict] = None               # the outbox to the plant (edge.records.outbox)
 
 
 @dataclasses.dataclass(frozen=True)
 class ViewConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    token: Optional[object] = dataclasses.field(default=None, repr=False)  # a Secret; required off loopback
+    gallery: int = 12                            # flagged frames shown from the record store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +114,36 @@ def _plain(value):
     if dataclasses.is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     return value
+
+
+def _forward(rec):
+    if rec.get("forward") is None:
+        return None
+    from ..records.outbox import validate_forward
+    return validate_forward(rec["forward"])
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host):
+    return host in LOOPBACK or str(host).startswith("127.")
+
+
+def _view(view):
+    """The view section. Off loopback the page, its status and /metrics need a token (token,
+    token_file, token_env or token_credential): a plant network is not to see the line for free."""
+    from ..outputs.secrets import read_secret
+    if not isinstance(view, dict):
+        raise EdgeError("must be a mapping (host, port, token...)", "view")
+    _known(view, ("host", "port", "gallery", "token", "token_file", "token_env", "token_credential"), "view")
+    host = _str(view, "host", "view", "127.0.0.1")
+    token = read_secret(view, "token", "view")
+    if token is None and not is_loopback(host):
+        raise EdgeError(f"the live view on {host} (not loopback) needs a token: give token_file, token_env "
+                        "or token_credential", "view.token")
+    return ViewConfig(host=host, port=_num(view, "port", "view", 0, 65535, 8080), token=token,
+                      gallery=_num(view, "gallery", "view", 0, 100, 12))
 
 
 def load_config(path):
@@ -198,21 +231,21 @@ def validate(cfg, base_dir="."):
     deadline_ms = _num(cfg, "deadline_ms", "config", 1, 600000, 1000, float)
     queue_size = _num(cfg, "queue_size", "config", 1, 4096, 8)
     rec = cfg.get("records") or {}
-    _known(rec, ("db", "images", "quota_mb", "save", "format", "on_full"), "records")
+    _known(rec, ("db", "images", "quota_mb", "save", "format", "on_full", "forward"), "records")
     records = RecordsConfig(db=path_of(_str(rec, "db", "records", "records.db")),
                             images=path_of(_str(rec, "images", "records")),
                             quota_mb=_num(rec, "quota_mb", "records", 1, 10 ** 7, 1024, float),
                             save=_choice(rec, "save", "records", ("flagged", "all", "none"), "flagged"),
                             format=_choice(rec, "format", "records", ("png", "jpg"), "jpg"),
-                            on_full=_choice(rec, "on_full", "records", ("failsafe", "degrade"), "failsafe"))
+                            on_full=_choice(rec, "on_full", "records", ("failsafe", "degrade"), "failsafe"),
+                            forward=_forward(rec))
     line = None
     if cfg.get("line") is not None:
         from ..outputs import validate_line_config
         line = validate_line_config(cfg["line"], "line", base_dir)
     view = cfg.get("view")
     if view is not None:
-        _known(view, ("host", "port"), "view")
-        view = ViewConfig(host=_str(view, "host", "view", "127.0.0.1"), port=_num(view, "port", "view", 0, 65535, 8080))
+        view = _view(view)
     return RunConfig(
         bundle=bundle, source=source, mode=mode, engine=engine, decision=decision, deadline_ms=deadline_ms,
         queue_size=queue_size, records=records, line=line, view=view,

@@ -102,6 +102,7 @@ class Pipeline:
         self.stopping = threading.Event()
         self.errors = []
         self._failed = set()
+        self.identity = {}              # bundle_id, method, engine, precision, version: for the status
         self._threads = []
 
     # ---- control -------------------------------------------------------------------------
@@ -116,6 +117,13 @@ class Pipeline:
     def stop(self):
         """Stop capturing; frames already captured are still decided and recorded."""
         self.stopping.set()
+
+    def status(self):
+        """The run's status as published (edge.runtime.status.RunStatus)."""
+        from .status import build
+        return build(self.stats.snapshot(), source=self.source, engine_name=getattr(self.engine, "name", ""),
+                     errors=self.errors, line=self.line, threshold=self.threshold, identity=self.identity,
+                     ended=bool(self._threads) and not self.running())
 
     def running(self):
         return any(t.is_alive() for t in self._threads)
@@ -346,7 +354,7 @@ class Pipeline:
 
 
 def run_pipeline(pipeline, status=None, every_s=2.0, drain_s=30.0):
-    """Start, report status every `every_s` through `status(snapshot)` (and at once when a
+    """Start, publish the status (a RunStatus) every `every_s` through `status(st)` (and at once when a
     stage faults), and wait for the end. After a fault the stages get `drain_s` seconds to
     finish what is in flight; a stage still stuck then is named in the error."""
     pipeline.start()
@@ -358,7 +366,7 @@ def run_pipeline(pipeline, status=None, every_s=2.0, drain_s=30.0):
             fault_t = time.monotonic()
         if status and (time.monotonic() >= next_t or len(pipeline.errors) != seen):
             seen = len(pipeline.errors)
-            status(pipeline.stats.snapshot())
+            status(pipeline.status())
             next_t = time.monotonic() + every_s
         if fault_t is not None and time.monotonic() - fault_t > drain_s:
             stuck = [t.name for t in pipeline._threads if t.is_alive()]
@@ -366,6 +374,6 @@ def run_pipeline(pipeline, status=None, every_s=2.0, drain_s=30.0):
             break
     if pipeline.errors:
         if status:
-            status(pipeline.stats.snapshot())
+            status(pipeline.status())
         raise EdgeError("; ".join(pipeline.errors))
-    return pipeline.stats.snapshot()
+    return pipeline.status()

@@ -12,6 +12,7 @@ from ..common.errors import EdgeError
 from ..common.names import ENGINE_CHOICES, PRECISIONS
 from .pipeline import Pipeline, describe_error, run_pipeline
 from .preprocess import Preprocessor
+from .status import format_line
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,11 @@ def build_config(args):
     return validate(raw, os.path.dirname(os.path.abspath(args.config)))
 
 
-def format_status(s):
-    return (f"{s['fps']:6.1f} fps  latency p50 {s['latency_ms_p50']:6.1f} ms p95 {s['latency_ms_p95']:6.1f} ms  "
-            f"decided {s['decided']}  rejects {s['rejects']}  dropped {s['dropped']}  late {s['late']}  "
-            f"outages {s['outages']}")
+def identity(bundle, engine, precision):
+    """What the status and the metrics name the run by."""
+    from .. import __version__
+    return {"bundle_id": bundle.id, "bundle": os.path.basename(os.path.realpath(bundle.path)),
+            "method": bundle.method, "engine": engine.name, "precision": precision, "version": __version__}
 
 
 def open_parts(cfg):
@@ -77,15 +79,21 @@ def open_parts(cfg):
         if rec.db:
             from ..records.store import RecordStore
             images = rec.images or os.path.join(os.path.dirname(rec.db) or ".", "images")
-            parts["store"] = RecordStore(rec.db, images, rec.quota_mb, rec.save, rec.format, on_full=rec.on_full)
+            parts["store"] = RecordStore(rec.db, images, rec.quota_mb, rec.save, rec.format, on_full=rec.on_full,
+                                         outbox=rec.forward is not None)
+            if rec.forward is not None:
+                from ..records.outbox import Forwarder
+                parts["forward"] = Forwarder(parts["store"], rec.forward).start()
         if cfg.line:
             from ..outputs import LineIO
             parts["line"] = LineIO(cfg.line)
             parts["line"].start()
         if cfg.view:
             from ..view.server import LiveView
-            parts["view"] = LiveView(cfg.view.host, cfg.view.port)
+            parts["view"] = LiveView(cfg.view.host, cfg.view.port, token=cfg.view.token,
+                                     store=parts.get("store"), gallery=cfg.view.gallery)
             parts["view"].start()
+            log.info(f"edge run: live view on {parts['view'].url} ({parts['view'].access()})")
         parts["source"].start()
     except BaseException:
         close_parts(parts)
@@ -94,7 +102,7 @@ def open_parts(cfg):
 
 
 def close_parts(parts):
-    for key in ("source", "line", "view", "engine", "store"):
+    for key in ("source", "line", "view", "engine", "forward", "store"):
         obj = parts.get(key)
         if obj is not None:
             try:
@@ -122,18 +130,17 @@ def run(args):
         pipe.stop()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    view = parts.get("view")
+    view, line = parts.get("view"), parts.get("line")
+    pipe.identity = identity(bundle, parts["engine"], cfg.engine.precision)
 
-    def status(s):
+    def status(st):
         if view is not None:
-            connected = parts["source"].stats().get("connected", True)
-            fault = "; ".join(pipe.errors) or (None if connected else "camera lost")
-            view.set_status(dict(s, fault=fault, engine=parts["engine"].name, source=parts["source"].describe(),
-                                 bundle=f"{os.path.basename(os.path.realpath(bundle.path))} (id {bundle.id[:12]})",
-                                 **({"records": store.full.report()} if store is not None and store.full.any() else {})))
+            view.set_status(st)
+        if line is not None:
+            line.telemetry(st.to_dict())
         if not args.quiet:
-            log.info(format_status(s) + (f"  records: {store.full.describe()}" if store is not None
-                                         and store.full.any() else ""), extra={"data": s})
+            log.info(format_line(st) + (f"  records: {store.full.describe()}" if store is not None
+                                        and store.full.any() else ""), extra={"data": st.to_dict()})
 
     log.info(f"edge run: {bundle.method} bundle {bundle.path} (id {bundle.id[:12]}) on {parts['engine'].name} "
                      f"({cfg.engine.precision}), source {parts['source'].describe()}, mode {cfg.mode}, "
@@ -143,20 +150,23 @@ def run(args):
         summary = run_pipeline(pipe, status, cfg.status_every_s)
     except Exception as exc:                 # the run faulted: the summary and exit status say why
         error = describe_error(exc)
-        summary = pipe.stats.snapshot()
+        summary = pipe.status()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if view is not None and summary is not None:
+            view.set_status(summary)
         if store is not None and summary is not None:
             try:
-                store.end_run(dict(summary, error=error))
+                store.end_run(dict(summary.to_dict(), error=error,
+                                   **({"records": store.full.report()} if store.full.any() else {})))
             except Exception as exc:
                 log.error("edge run: cannot end the run in the records: %s", describe_error(exc))
         close_parts(parts)
-    print(f"summary: {summary['decided']} frames decided of {summary['captured']} captured, "
-          f"{summary['rejects']} rejected, {summary['dropped']} dropped, {summary['late']} late, "
-          f"{summary['outages']} source outages; {summary['fps']:.1f} fps, latency p50 "
-          f"{summary['latency_ms_p50']:.1f} ms p95 {summary['latency_ms_p95']:.1f} ms"
+    print(f"summary: {summary.frames} frames decided of {summary.captured} captured, "
+          f"{summary.rejects} rejected, {summary.drops} dropped, {summary.late} late, "
+          f"{summary.outages} source outages; {summary.fps:.1f} fps, latency p50 "
+          f"{summary.latency_ms.p50:.1f} ms p95 {summary.latency_ms.p95:.1f} ms"
           + (f"; run {run_id} in {cfg.records.db}" if run_id is not None else "")
           + (f"; records: {store.full.describe()}" if store is not None and store.full.any() else "")
           + (f"; FAULT: {error}" if error else ""))

@@ -93,13 +93,36 @@ def check_url(url, timeout=HTTP_TIMEOUT_S):
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             body = resp.read(200).decode("utf-8", "replace").strip()
-            return f"{url} -> {resp.status}" + (f" {body}" if body else "")
+            return f"{url} -> {resp.status}" + (f" {body}" if body else "") + run_figures(url, timeout)
     except urllib.error.HTTPError as exc:
         body = exc.read(200).decode("utf-8", "replace").strip()
-        raise CheckFailed(f"{url} -> {exc.code}" + (f" {body}" if body else "")) from None
+        raise CheckFailed(f"{url} -> {exc.code}" + (f" {body}" if body else "") + run_figures(url, timeout)) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise CheckFailed(f"{url}: no answer ({reason})") from None
+
+
+def run_figures(healthz_url, timeout=HTTP_TIMEOUT_S):
+    """'; 1,234 frames, 4 rejects, ...' from the live view's /status.json beside a /healthz URL
+    (the run's status contract, edge.runtime.status), or '' when there is none to read."""
+    parts = urllib.parse.urlsplit(healthz_url)
+    if not parts.path.endswith("/healthz"):
+        return ""
+    url = urllib.parse.urlunsplit(parts._replace(path=parts.path[:-len("healthz")] + "status.json", query=""))
+    from ..runtime.status import RunStatus
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            st = json.loads(resp.read()).get("status")
+        if st is None:
+            return ""
+        st = RunStatus.from_dict(st)
+    except urllib.error.HTTPError as exc:
+        return "; run figures need the view's token" if exc.code == 401 else ""
+    except (OSError, ValueError, EdgeError, AttributeError):
+        return ""
+    return (f"; {st.frames:,} frames, {st.rejects:,} rejects, {st.drops:,} drops, {st.late:,} late, "
+            f"{st.faults:,} faults, {st.fps:.1f} fps, latency p95 {st.latency_ms.p95:.0f} ms; "
+            f"camera {st.source.state}, engine {st.engine.state}, line {st.line.state}")
 
 
 def last_decision_wall(db_path):
