@@ -1,6 +1,7 @@
 """The live view: real HTTP requests on loopback, and a real headless Chromium reading the page
 after its polling script ran (skipped where Debian's chromium is not installed)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,11 +17,12 @@ import pytest
 
 from edge.common.errors import EdgeError
 from edge.view.server import BOUNDARY, LiveView
+from edge.runtime.status import Part, Percentiles, RunStatus
 from edge.runtime.types import Decision
 
-STATUS = {"fps": 12.5, "latency_ms": {"p50": 31.2, "p95": 48.9}, "frames": 1234, "rejects": 7, "drops": 3, "late": 2,
-          "source": {"ok": True, "state": "streaming"}, "engine": {"ok": True, "name": "onnxruntime fp32"},
-          "fault": None, "queue_depth": 3}
+STATUS = RunStatus(fps=12.5, latency_ms=Percentiles(31.2, 48.9, 60.0), frames=1234, rejects=7, drops=3, late=2,
+                   reject_rate=7 / 1234, source=Part(True, "streaming"), engine=Part(True, "onnxruntime", "fp32"),
+                   threshold=0.5)
 
 
 def frame(seq, reject=True):
@@ -69,7 +71,10 @@ def test_http_endpoints(view):
     code, ctype, body = get(view, "/status.json")
     s = json.loads(body)
     assert code == 200 and ctype == "application/json"
-    assert (s["fps"], s["latency_ms"], s["rejects"], s["drops"], s["late"]) == (12.5, {"p50": 31.2, "p95": 48.9}, 7, 3, 2)
+    st = RunStatus.from_dict(s["status"])
+    assert st == STATUS and s["status"]["version"] == 1
+    assert (st.fps, st.latency_ms.p95, st.rejects, st.drops, st.late) == (12.5, 48.9, 7, 3, 2)
+    assert len(s["trend"]) == 100 and s["trend"][-1][1:] == [0.1, False] and s["trend"][-2][1:] == [0.93, True]
     assert s["health"] == {"ok": True, "reason": "ok"} and s["frame"]["seq"] == 99
     assert [v["seq"] for v in s["verdicts"]][:3] == [99, 98, 97] and len(s["verdicts"]) == 20
     assert s["verdicts"][1]["reject"] is True and s["verdicts"][1]["latency_ms"] == 31.0
@@ -82,10 +87,14 @@ def test_http_endpoints(view):
     get(view, "/snapshot.jpg")
     assert view.encodes == 1                                        # same frame: encoded once
 
-    view.set_status(dict(STATUS, fault="engine: CUDA error 700"))
+    view.set_status(dataclasses.replace(STATUS, fault=["engine: CUDA error 700"]))
     code, _, body = get(view, "/healthz")
     assert (code, body) == (503, b"engine: CUDA error 700\n")
     assert json.loads(get(view, "/status.json")[2])["health"]["ok"] is False
+    view.set_status(dataclasses.replace(STATUS, source=Part(False, "camera lost")))
+    assert get(view, "/healthz")[:3:2] == (503, b"source: camera lost\n")
+    with pytest.raises(EdgeError, match="version 2 not understood"):
+        view.set_status(dict(STATUS.to_dict(), version=2))
     assert get(view, "/nothing")[0] == 404
     code, ctype, page = get(view, "/")
     assert code == 200 and ctype.startswith("text/html") and b"/status.json" in page
@@ -169,12 +178,14 @@ def test_page_in_headless_chromium(view, tmp_path):
                                   capture_output=True, timeout=90)
 
     dom = chromium("--dump-dom").stdout.decode()
-    assert '<td class="n big" id="fps">12.5</td>' in dom                       # written by the polling script
-    assert '<span id="lat_p50">31.2</span> / <span id="lat_p95">48.9</span>' in dom
-    for key, value in (("rejects", 7), ("drops", 3), ("late", 2), ("frames", 1234)):
-        assert f'id="{key}">{value}</td>' in dom
+    assert 'id="fps">12.5 /s</td>' in dom                       # written by the polling script
+    assert 'id="lat_p50">31.2</td><td class="n" id="lat_p95">48.9</td><td class="n" id="lat_p99">60.0</td>' in dom
+    for key, value in (("rejects", "7"), ("drops", "3"), ("late", "2"), ("frames", "1,234"),
+                       ("reject_rate", "0.57 %"), ("threshold", "0.500")):
+        assert f'id="{key}">{value}</' in dom
     assert '<span id="source">streaming</span>' in dom and 'id="health" class="ok">healthy<' in dom
-    assert "<td>queue_depth</td>" in dom and '<td class="rej">REJECT</td>' in dom
+    assert 'class="dot ok" id="source_dot"' in dom and 'class="dot" id="line_dot"' in dom
+    assert '<td class="rej">REJECT</td>' in dom
 
     shot = tmp_path / "liveview.png"
     chromium(f"--screenshot={shot}")

@@ -102,6 +102,18 @@ CREATE TABLE events (
 CREATE INDEX events_t ON events(t);
 """
 
+# The store-and-forward outbox (edge/records/outbox.py): one row per decision to send to the
+# plant, written in the same transaction as the record, deleted once the plant acknowledged it.
+# AUTOINCREMENT: a sequence number is never reused, across restarts too (the de-duplication key).
+OUTBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    t REAL NOT NULL,
+    payload TEXT NOT NULL,          -- JSON of the decision
+    image_path TEXT                 -- relative to the images folder, or NULL
+);
+"""
+
 SAVE_MODES = ("flagged", "all", "none")
 FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg"}
 
@@ -134,7 +146,8 @@ class RecordStore:
 
     def __init__(self, db_path, images_dir=None, quota_mb=1024, save="flagged", image_format="jpg",
                  synchronous="FULL", batch_rows=50, batch_s=0.2, quota_every_s=5.0, prune_chunk=200,
-                 busy_timeout_s=2.0, readonly=False, jpeg_quality=90, on_full="failsafe", reserve_kb=512):
+                 busy_timeout_s=2.0, readonly=False, jpeg_quality=90, on_full="failsafe", reserve_kb=512,
+                 outbox=False):
         if save not in SAVE_MODES:
             raise EdgeError(f"save must be one of {', '.join(SAVE_MODES)}, not {save!r}", "records")
         if image_format not in FORMATS:
@@ -152,6 +165,7 @@ class RecordStore:
         self.quota_every_s = float(quota_every_s)
         self.prune_chunk = int(prune_chunk)
         self.readonly = readonly
+        self.outbox = bool(outbox) and not readonly
         self.run_id = None
         self._run_engine = None
         self._lock = threading.RLock()
@@ -250,6 +264,7 @@ class RecordStore:
                     raise EdgeError(f"cannot switch to WAL mode (journal mode stays {mode})", path)
                 conn.execute(f"PRAGMA synchronous={synchronous}")
                 conn.execute("PRAGMA journal_size_limit=67108864")
+                conn.executescript(OUTBOX_SCHEMA)
                 ok = conn.execute("PRAGMA quick_check").fetchone()[0]
                 if ok != "ok":
                     raise EdgeError(f"corrupt database (quick_check: {ok})", path)
@@ -431,6 +446,10 @@ class RecordStore:
             return
         try:
             with self._transaction() as conn:
+                if rows and self.outbox:
+                    conn.executemany("INSERT INTO outbox(t, payload, image_path) VALUES (?,?,?)",
+                                     [(time.time(), _json(dict(zip(RECORD_COLUMNS[1:-2], r[:-2]))), r[12])
+                                      for r in rows])
                 if rows:
                     conn.executemany("INSERT INTO records(run_id, seq, wall, latency_ms, score, reject, reason, "
                                      "defect_area, threshold, part_id, encoder, engine, image_path, pruned, extra) "
@@ -587,6 +606,40 @@ class RecordStore:
             r["extra"] = json.loads(r["extra"]) if r["extra"] else {}
             r["image"] = os.path.join(self.images_dir, r["image_path"]) if r["image_path"] and self.images_dir else None
         return out
+
+    def flagged(self, n=12):
+        """The last n rejected records that still have their image (committed), newest first."""
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {', '.join(RECORD_COLUMNS)} FROM records WHERE reject = 1 AND "
+                                      "image_path IS NOT NULL ORDER BY id DESC LIMIT ?", (int(n),)).fetchall()
+        return [dict(zip(RECORD_COLUMNS, r)) for r in rows]
+
+    def image_of(self, record_id):
+        """Absolute path of a record's saved image, or None."""
+        with self._lock:
+            row = self._conn.execute("SELECT image_path FROM records WHERE id=?", (int(record_id),)).fetchone()
+        if not row or not row[0] or not self.images_dir:
+            return None
+        return os.path.join(self.images_dir, row[0])
+
+    def outbox_next(self, n=50):
+        """The oldest n outbox rows (committed) as (seq, payload dict, absolute image path or None)."""
+        self.flush()
+        with self._lock:
+            rows = self._conn.execute("SELECT seq, payload, image_path FROM outbox ORDER BY seq LIMIT ?",
+                                      (int(n),)).fetchall()
+        return [(seq, json.loads(p), os.path.join(self.images_dir, img) if img and self.images_dir else None)
+                for seq, p, img in rows]
+
+    def outbox_done(self, seq):
+        """Outbox rows up to `seq` reached the plant: delete them."""
+        with self._lock:
+            with self._transaction("cannot update the outbox") as conn:
+                conn.execute("DELETE FROM outbox WHERE seq <= ?", (int(seq),))
+
+    def outbox_backlog(self):
+        with self._lock:
+            return self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
 
     def counts(self, run_id=None):
         """Totals for `edge check` and the live view: records, rejects, saved images, pruned,

@@ -2,7 +2,7 @@
 
     view = LiveView(host="127.0.0.1", port=8080).start()
     view.update(image_rgb, amap, decision, threshold)   # per frame: stores references only
-    view.set_status({...})                               # e.g. every status period
+    view.set_status(run_status)                          # a RunStatus, every status period
     view.close()
 
 URLs (no external JS or CSS: plants are offline):
@@ -14,15 +14,21 @@ URLs (no external JS or CSS: plants are offline):
                 virtual time from advancing)
   /stream.mjpg  multipart/x-mixed-replace JPEG stream, at most `max_fps` frames a second
   /snapshot.jpg the latest frame with its overlay (a grey "waiting" image before the first)
-  /status.json  the last set_status() dict, plus `verdicts` (the last ones), `frame` (seq, age)
-                and `health` ({ok, reason})
-  /healthz      200 "ok" when healthy; 503 with the reason when a fault is active, when no
-                status was set yet, or when the status is older than `stale_s` (the pipeline
-                stopped reporting). The deploy health check uses it.
+  /status.json  {"status": the run's status (edge.runtime.status, versioned), "health": {ok,
+                reason}, "verdicts": the last ones, "trend": [[wall, score, reject]] of the last
+                `trend_s` seconds, "frame": {seq, age_s}, "status_age_s"}
+  /healthz      200 "ok" when healthy; 503 with the reason when a fault is active, a part
+                (source, engine, line) is faulted, no status was set yet, or the status is
+                older than `stale_s` (the pipeline stopped reporting). Open without a token: it
+                is what the deploy health check and `edge check` ask.
+  /metrics      Prometheus text format (edge/view/metrics.py)
+  /gallery.json the last `gallery` flagged records with a saved image, from the record store
+  /record/ID.jpg  a record's saved image (image, heat map, caption), full size
 
-Status keys the page knows (others are listed as they come): fps, latency_ms {p50, p95},
-frames, rejects, drops, late, source {ok, state}, engine {ok, name}, fault (a string, or a list
-of strings, empty or None when none is active).
+Access: with a `token` (required by the configuration off loopback) every URL but /healthz
+needs it, as HTTP basic auth (any user name, the token as password: browsers ask once) or
+`Authorization: Bearer TOKEN` (Prometheus' bearer_token). Never in the URL, and requests are
+not logged.
 
 Cost on the frame path: update() keeps references under a lock and appends a small dict to a
 ring of recent verdicts. JPEG encoding (overlay, caption, resize to `max_width`, encode) runs
@@ -33,7 +39,10 @@ pipeline hands over each frame's own arrays, so this holds).
 
 import collections
 import functools
+import hmac
 import json
+import os
+import base64
 import threading
 import time
 from contextlib import contextmanager
@@ -44,6 +53,7 @@ import numpy as np
 
 from ..common.errors import EdgeError
 from ..common.fsutil import json_default
+from .metrics import CONTENT_TYPE as METRICS_TYPE, Metrics
 
 BOUNDARY = "edgeframe"
 PAGE_FILE = "page.html"
@@ -51,7 +61,8 @@ PAGE_FILE = "page.html"
 
 class LiveView:
     def __init__(self, host="127.0.0.1", port=8080, max_fps=10.0, max_width=960, jpeg_quality=80,
-                 verdicts=20, stale_s=10.0, max_streams=4):
+                 verdicts=20, stale_s=10.0, max_streams=4, token=None, store=None, gallery=12,
+                 trend_s=300.0):
         self.host = host
         self.port = int(port)
         self.max_fps = float(max_fps)
@@ -74,6 +85,11 @@ class LiveView:
         self._server = None
         self._thread = None
         self.encodes = 0                # JPEG encodings done (for tests and the bench)
+        self.token = token              # a Secret (edge.outputs.secrets) or str; None: no check
+        self.store, self.gallery_n = store, int(gallery)
+        self.trend_s = float(trend_s)
+        self._trend = collections.deque(maxlen=6000)    # (wall, score, reject), newest last
+        self.metrics = Metrics()
 
     # ---------------------------------------------------------------- the pipeline's side
 
@@ -92,6 +108,10 @@ class LiveView:
         self._thread.start()
         return self
 
+    def access(self):
+        """How the view is protected, for the start-up log line."""
+        return "token required" if self.token is not None else "no token (loopback only)"
+
     @property
     def url(self):
         return f"http://{self.host}:{self.port}/"
@@ -101,15 +121,22 @@ class LiveView:
         v = {"seq": decision.seq, "wall": decision.wall, "score": round(float(decision.score), 6),
              "reject": bool(decision.reject), "reason": decision.reason,
              "latency_ms": round(float(decision.latency_s) * 1000, 2), "part_id": decision.part_id}
+        engine_ms = (decision.extra or {}).get("engine_ms")
+        batch = (decision.extra or {}).get("batch") or 1
+        self.metrics.observe(float(decision.latency_s), None if engine_ms is None else engine_ms / 1000 / batch)
         with self._lock:
             self._frame = (image_rgb, amap, decision, threshold)
             self._version += 1
             self._verdicts.append(v)
+            self._trend.append((round(decision.wall, 2), v["score"], v["reject"]))
             self._new_frame.notify_all()
 
     def set_status(self, status):
+        """The run's status: a RunStatus (edge.runtime.status) or its dict."""
+        from ..runtime.status import RunStatus
+        st = status if isinstance(status, RunStatus) else RunStatus.from_dict(status)
         with self._lock:
-            self._status = dict(status)
+            self._status = st
             self._status_t = time.monotonic()
 
     def close(self):
@@ -137,9 +164,9 @@ class LiveView:
             status, t = self._status, self._status_t
         if status is None:
             return False, "no status yet"
-        fault = status.get("fault") or status.get("faults")
-        if fault:
-            return False, "; ".join(map(str, fault)) if isinstance(fault, (list, tuple)) else str(fault)
+        ok, reason = status.health()
+        if not ok:
+            return ok, reason
         if self.stale_s and time.monotonic() - t > self.stale_s:
             return False, f"status not updated for {time.monotonic() - t:.0f} s"
         return True, "ok"
@@ -147,10 +174,18 @@ class LiveView:
     def status_json(self):
         ok, reason = self.health()
         with self._lock:
-            out = dict(self._status or {})
+            st = self._status
+            out = {"status": None if st is None else st.to_dict()}
             out["verdicts"] = list(reversed(self._verdicts))
+            trend = list(self._trend)
             frame = self._frame
             status_age = None if self._status_t is None else time.monotonic() - self._status_t
+        since = time.time() - self.trend_s
+        trend = [p for p in trend if p[0] >= since]
+        step = max(1, len(trend) // 600)                      # at most ~600 points to draw
+        out["trend"] = trend[::step] if step == 1 else [max(trend[i:i + step], key=lambda p: p[1])
+                                                       for i in range(0, len(trend), step)]
+        out["trend_s"] = self.trend_s
         out["health"] = {"ok": ok, "reason": reason}
         out["status_age_s"] = None if status_age is None else round(status_age, 2)
         if frame is not None:
@@ -193,11 +228,54 @@ class LiveView:
     def _encode(self, image_rgb, amap, decision, threshold):
         from .overlay import encode_verdict
 
-        text = f"#{decision.seq} {'REJECT' if decision.reject else 'OK'} ({decision.reason}) score {decision.score:.4g}"
+        text = f"#{decision.seq} {'REJECT' if decision.reject else 'OK'}"     # the page shows the rest
         return encode_verdict(image_rgb, amap, threshold, text, decision.reject, ".jpg", self.jpeg_quality,
                               max_width=self.max_width)
 
     # ---------------------------------------------------------------- what the HTTP handler asks
+
+    def authorised(self, header):
+        """Whether an Authorization header value carries the token (always, without one)."""
+        if self.token is None:
+            return True
+        want = self.token.reveal() if hasattr(self.token, "reveal") else str(self.token)
+        given = ""
+        header = header or ""
+        if header.startswith("Bearer "):
+            given = header[7:].strip()
+        elif header.startswith("Basic "):
+            try:
+                given = base64.b64decode(header[6:].strip()).decode("utf-8").partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                given = ""
+        return hmac.compare_digest(given.encode("utf-8"), want.encode("utf-8"))
+
+    def metrics_text(self):
+        ok, _ = self.health()
+        with self._lock:
+            st = self._status
+        return self.metrics.render(st, ok)
+
+    def gallery_json(self):
+        """The last flagged records with a saved image, newest first (empty without a store)."""
+        items = []
+        if self.store is not None and self.gallery_n > 0:
+            for r in self.store.flagged(self.gallery_n):
+                items.append({"id": r["id"], "seq": r["seq"], "wall": r["wall"], "score": r["score"],
+                              "threshold": r["threshold"], "reason": r["reason"], "part_id": r["part_id"],
+                              "url": f"/record/{r['id']}.jpg"})
+        return json.dumps({"items": items}, default=json_default).encode("utf-8")
+
+    def record_image(self, rid):
+        """(bytes, content type) of record `rid`'s saved image, or None."""
+        if self.store is None:
+            return None
+        path = self.store.image_of(rid)
+        if path is None or not os.path.isfile(path):
+            return None
+        with open(path, "rb") as f:
+            data = f.read()
+        return data, "image/png" if path.endswith(".png") else "image/jpeg"
 
     @contextmanager
     def stream_slot(self):
@@ -276,6 +354,14 @@ class _Handler(BaseHTTPRequestHandler):
         view = self.server.view
         path = self.path.split("?", 1)[0]
         try:
+            if path != "/healthz" and not view.authorised(self.headers.get("Authorization")):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="line inspection", charset="UTF-8"')
+                self.send_header("Content-Length", "13")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(b"unauthorised\n")
+                return
             if path in ("/", "/index.html"):
                 self._send(200, page(), "text/html; charset=utf-8")
             elif path == "/status.json":
@@ -288,6 +374,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, data, "image/jpeg")
             elif path == "/stream.mjpg":
                 self._stream(view)
+            elif path == "/metrics":
+                self._send(200, view.metrics_text(), METRICS_TYPE)
+            elif path == "/gallery.json":
+                self._send(200, view.gallery_json(), "application/json")
+            elif path.startswith("/record/") and path.endswith(".jpg") and path[8:-4].isdigit():
+                got = view.record_image(int(path[8:-4]))
+                if got is None:
+                    self._send(404, b"no image for this record\n", "text/plain")
+                else:
+                    self._send(200, got[0], got[1])
             else:
                 self._send(404, b"not found\n", "text/plain")
         except (BrokenPipeError, ConnectionResetError):

@@ -1,0 +1,81 @@
+"""/metrics: Prometheus' own parser (prometheus_client.parser) reads what the live view serves,
+and the figures are those of the run's status; the token guards it off loopback."""
+
+import base64
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from edge.runtime.status import Part, Percentiles, RunStatus
+from edge.runtime.types import Decision
+from edge.view.server import LiveView
+
+parser = pytest.importorskip("prometheus_client.parser", reason="prometheus-client is not installed")
+
+
+def fetch(port, path, auth=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": auth} if auth else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+def test_metrics_are_read_by_the_prometheus_parser():
+    st = RunStatus(frames=120, rejects=4, drops=2, late=1, faults=0, outages=1, fps=9.5, reject_rate=4 / 120,
+                   latency_ms=Percentiles(30, 60, 90), source=Part(True, "streaming"), engine=Part(True, "onnxruntime"),
+                   identity={"bundle_id": "pc-7f3a", "method": "patchcore", "engine": "onnxruntime",
+                             "precision": "fp32", "version": "0.1.0"})
+    with LiveView(port=0) as view:
+        for i, lat in enumerate((0.004, 0.012, 0.04, 0.3, 7.0)):
+            view.update(None, None, Decision(i, 0, time.time(), 0.1, False, "ok", lat, extra={"engine_ms": 8.0,
+                                                                                               "batch": 2}), 0.5)
+        view.set_status(st)
+        code, headers, body = fetch(view.port, "/metrics")
+    assert code == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    fams = {f.name: f for f in parser.text_string_to_metric_families(body.decode())}
+    value = {f.name: f.samples[0].value for f in fams.values() if f.type == "counter"}
+    assert value == {"edge_frames": 120, "edge_rejects": 4, "edge_drops": 2, "edge_late": 1, "edge_faults": 0,
+                     "edge_outages": 1}
+    lat = {s.labels.get("le"): s.value for s in fams["edge_latency_seconds"].samples if s.name.endswith("_bucket")}
+    assert fams["edge_latency_seconds"].type == "histogram"
+    assert (lat["0.005"], lat["0.02"], lat["0.05"], lat["0.5"], lat["5"], lat["+Inf"]) == (1, 2, 3, 4, 4, 5)
+    eng = {s.name: s.value for s in fams["edge_engine_seconds"].samples}
+    assert eng["edge_engine_seconds_count"] == 5 and eng["edge_engine_seconds_sum"] == pytest.approx(0.02)
+    info = fams["edge_info"].samples[0]
+    assert info.labels == st.identity and info.value == 1
+    assert fams["edge_up"].samples[0].value == 1
+    parts = {s.labels["part"]: s.value for s in fams["edge_part_ok"].samples}
+    assert parts == {"source": 1, "engine": 1, "line": -1}
+
+
+def test_token_guards_everything_but_healthz():
+    with LiveView(port=0, token="s3cret-t0ken") as view:
+        view.set_status(RunStatus(source=Part(True, "streaming")))
+        assert fetch(view.port, "/healthz")[0] == 200
+        for path in ("/", "/status.json", "/metrics", "/snapshot.jpg", "/gallery.json"):
+            code, headers, _ = fetch(view.port, path)
+            assert code == 401 and headers["WWW-Authenticate"].startswith("Basic")
+        assert fetch(view.port, "/metrics?token=s3cret-t0ken")[0] == 401        # never in the URL
+        assert fetch(view.port, "/metrics", "Bearer wrong")[0] == 401
+        assert fetch(view.port, "/metrics", "Bearer s3cret-t0ken")[0] == 200
+        basic = "Basic " + base64.b64encode(b"operator:s3cret-t0ken").decode()
+        assert fetch(view.port, "/status.json", basic)[0] == 200
+
+
+def test_grafana_dashboard_uses_the_served_metrics():
+    import json
+    import os
+    import re
+    from tests.helpers import ROOT
+    with open(os.path.join(ROOT, "deploy", "grafana", "lineside-edge.json")) as f:
+        dash = json.load(f)
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    used = set(re.findall(r"\bedge_[a-z_]+", exprs))
+    served = {"edge_frames_total", "edge_rejects_total", "edge_drops_total", "edge_late_total", "edge_faults_total",
+              "edge_outages_total", "edge_latency_seconds_bucket", "edge_engine_seconds_bucket", "edge_info",
+              "edge_up", "edge_part_ok", "edge_fps", "edge_reject_rate"}
+    assert used <= served and {"edge_latency_seconds_bucket", "edge_info", "edge_frames_total"} <= used
