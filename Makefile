@@ -10,7 +10,7 @@ RUNTIME_TESTS := tests/test_metrics.py tests/test_run.py tests/test_records.py t
 	tests/test_liveview.py tests/test_trt_engine.py tests/test_sources.py tests/test_operating_point.py \
 	tests/test_architecture.py
 
-.PHONY: demo test test-runtime pyversion bench bench-line bench-precision operating-point bench-faults deps clean
+.PHONY: demo test test-runtime pyversion bench bench-line bench-precision operating-point bench-faults bench-view deps clean
 
 # Create the virtual environment and install the project with everything the tests need.
 $(STAMP): setup.cfg .ci/apt-packages.txt .ci/requirements-test.txt .ci/install-deps
@@ -58,6 +58,9 @@ bench-faults: $(STAMP)
 # Recall and false-reject rate at the trained threshold vs chosen with hindsight (PIPED, bsdata).
 operating-point: $(STAMP)
 	$(PY) -m scripts.operating_point
+
+bench-view: $(STAMP)
+	$(PY) -m scripts.bench_view
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache $(RVENV)
