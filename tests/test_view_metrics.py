@@ -79,3 +79,17 @@ def test_grafana_dashboard_uses_the_served_metrics():
               "edge_outages_total", "edge_latency_seconds_bucket", "edge_engine_seconds_bucket", "edge_info",
               "edge_up", "edge_part_ok", "edge_fps", "edge_reject_rate"}
     assert used <= served and {"edge_latency_seconds_bucket", "edge_info", "edge_frames_total"} <= used
+
+
+def test_view_off_loopback_needs_a_token_from_the_config(tmp_path, monkeypatch):
+    from edge.common.errors import EdgeError
+    from edge.runtime.config import validate
+    base = {"bundle": str(tmp_path), "source": str(tmp_path)}
+    with pytest.raises(EdgeError, match=r"^view.token: the live view on 0.0.0.0 \(not loopback\) needs a token"):
+        validate(dict(base, view={"host": "0.0.0.0"}), str(tmp_path))
+    assert validate(dict(base, view={}), str(tmp_path)).view.token is None
+    monkeypatch.setenv("VIEW_TOKEN", "s3cret-t0ken")
+    cfg = validate(dict(base, view={"host": "0.0.0.0", "token_env": "VIEW_TOKEN"}), str(tmp_path))
+    assert cfg.view.token.reveal() == "s3cret-t0ken" and "s3cret" not in repr(cfg) + str(cfg.to_dict())
+    view = LiveView(host="127.0.0.1", port=0, token=cfg.view.token)
+    assert view.access() == "token required"
