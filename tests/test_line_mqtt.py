@@ -143,3 +143,18 @@ def test_plain_listener_is_not_taken_for_tls(mosquitto, tmp_path):
     ca = CA(tmp_path)
     with pytest.raises(EdgeError, match=r"^line.outputs\[0\].tls: TLS with the MQTT broker at 127.0.0.1:\d+ failed"):
         LineIO(cfg(mosquitto, tls={"ca_file": ca.path})).start()
+
+
+def test_telemetry_is_the_run_status_contract(mosquitto):
+    from edge.runtime.status import Part, RunStatus
+    st = RunStatus(frames=42, rejects=3, source=Part(True, "streaming"), identity={"bundle_id": "b1"})
+    io = LineIO(cfg(mosquitto)).start()
+    try:
+        io.telemetry(st.to_dict())
+        late = MqttWatcher(mosquitto, PREFIX + "/telemetry")          # retained: a late subscriber sees it
+        assert wait_until(lambda: late.on(PREFIX + "/telemetry"), timeout=5)
+        payload, retained = late.on(PREFIX + "/telemetry")[0]
+        late.close()
+    finally:
+        io.close()
+    assert retained and RunStatus.from_dict(json.loads(payload)) == st

@@ -93,3 +93,16 @@ def test_view_off_loopback_needs_a_token_from_the_config(tmp_path, monkeypatch):
     assert cfg.view.token.reveal() == "s3cret-t0ken" and "s3cret" not in repr(cfg) + str(cfg.to_dict())
     view = LiveView(host="127.0.0.1", port=0, token=cfg.view.token)
     assert view.access() == "token required"
+
+
+def test_edge_check_reads_the_status_contract():
+    from edge.tools.check import CheckFailed, check_url
+    with LiveView(port=0) as view:
+        view.set_status(RunStatus(frames=1234, rejects=5, fps=9.87, source=Part(True, "streaming"),
+                                  engine=Part(True, "onnxruntime")))
+        out = check_url(f"http://127.0.0.1:{view.port}/healthz")
+        assert out.endswith("-> 200 ok; 1,234 frames, 5 rejects, 0 drops, 0 late, 0 faults, 9.9 fps, "
+                            "latency p95 0 ms; camera streaming, engine onnxruntime, line none"), out
+        view.set_status(RunStatus(frames=1300, source=Part(False, "camera lost")))
+        with pytest.raises(CheckFailed, match=r"-> 503 source: camera lost; 1,300 frames.*camera camera lost"):
+            check_url(f"http://127.0.0.1:{view.port}/healthz")
