@@ -78,6 +78,9 @@ class MqttSender:
         self._cl = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg["client_id"], clean_session=False,
                                protocol=mqtt.MQTTv311)
         self._cl.reconnect_delay_set(1, 10)
+        self._up = threading.Event()
+        self._cl.on_connect = lambda c, u, flags, rc, props=None: self._up.set() if not rc.is_failure else None
+        self._cl.on_disconnect = lambda *a: self._up.clear()
         self._started = False
 
     def send(self, body):
@@ -88,7 +91,7 @@ class MqttSender:
                 raise SendFailed(f"MQTT broker {self.cfg['host']}:{self.cfg['port']}: {exc}") from None
             self._cl.loop_start()
             self._started = True
-        if not self._cl.is_connected():
+        if not self._up.wait(self.cfg["timeout_s"]):
             raise SendFailed(f"MQTT broker {self.cfg['host']}:{self.cfg['port']} not connected")
         info = self._cl.publish(self.cfg["topic"], body, qos=1)
         try:

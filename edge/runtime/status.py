@@ -112,8 +112,8 @@ def source_part(source):
     described = source.describe() if hasattr(source, "describe") else ""
     if st.get("connected", True):
         return Part(True, "streaming", described)
-    if st.get("frames", 0) == 0 and not st.get("outages"):
-        return Part(None, "starting", described)
+    if not st.get("outages"):             # not open yet, or a file / folder at its end
+        return Part(None, "ended" if st.get("frames") else "starting", described)
     return Part(False, "camera lost", described)
 
 
