@@ -146,7 +146,7 @@ def test_plain_listener_is_not_taken_for_tls(mosquitto, tmp_path):
 
 
 def test_telemetry_is_the_run_status_contract(mosquitto):
-    from edge.runtime.status import Part, RunStatus
+    from edge.common.status import Part, RunStatus
     st = RunStatus(frames=42, rejects=3, source=Part(True, "streaming"), identity={"bundle_id": "b1"})
     io = LineIO(cfg(mosquitto)).start()
     try:

@@ -17,7 +17,7 @@ import pytest
 
 from edge.common.errors import EdgeError
 from edge.view.server import BOUNDARY, LiveView
-from edge.runtime.status import Part, Percentiles, RunStatus
+from edge.common.status import Part, Percentiles, RunStatus
 from edge.runtime.types import Decision
 
 STATUS = RunStatus(fps=12.5, latency_ms=Percentiles(31.2, 48.9, 60.0), frames=1234, rejects=7, drops=3, late=2,

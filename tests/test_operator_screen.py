@@ -19,7 +19,7 @@ import urllib.request
 import cv2
 import pytest
 
-from edge.runtime.status import RunStatus
+from edge.common.status import RunStatus
 from tests.helpers import PIPED, ROOT, edge
 
 CHROMIUM = shutil.which("chromium")

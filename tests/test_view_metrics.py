@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from edge.runtime.status import Part, Percentiles, RunStatus
+from edge.common.status import Part, Percentiles, RunStatus
 from edge.runtime.types import Decision
 from edge.view.server import LiveView
 

@@ -47,7 +47,7 @@ class Output:
         pass
 
     def telemetry(self, run_status):
-        """The run's status (edge.runtime.status.RunStatus.to_dict()), every status period."""
+        """The run's status (edge.common.status.RunStatus.to_dict()), every status period."""
         pass
 
     def event(self, ev):

@@ -113,7 +113,7 @@ class LineIO:
                 log.error("line output %s: %s failed: %s", o.name, method, e)
 
     def telemetry(self, run_status):
-        """Publish the run's status (a dict of edge.runtime.status.RunStatus) to the outputs
+        """Publish the run's status (a dict of edge.common.status.RunStatus) to the outputs
         that carry telemetry (MQTT)."""
         self._each("telemetry", run_status)
 

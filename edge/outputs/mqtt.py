@@ -1,7 +1,7 @@
 """MQTT (paho-mqtt 2.x) for telemetry and verdicts to the plant's systems.
 
 Topics under `topic_prefix`: status (retained, QoS 1; the last will sets it offline),
-verdict and event (QoS `qos`), telemetry (the run's status, edge.runtime.status,
+verdict and event (QoS `qos`), telemetry (the run's status, edge.common.status,
 retained, QoS 0), heartbeat (QoS 0, not retained). paho's own network thread
 reconnects with back-off and queues QoS>0 messages meanwhile.
 

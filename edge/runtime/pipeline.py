@@ -119,8 +119,8 @@ class Pipeline:
         self.stopping.set()
 
     def status(self):
-        """The run's status as published (edge.runtime.status.RunStatus)."""
-        from .status import build
+        """The run's status as published (edge.common.status.RunStatus)."""
+        from ..common.status import build
         return build(self.stats.snapshot(), source=self.source, engine_name=getattr(self.engine, "name", ""),
                      errors=self.errors, line=self.line, threshold=self.threshold, identity=self.identity,
                      ended=bool(self._threads) and not self.running())

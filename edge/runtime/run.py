@@ -12,7 +12,7 @@ from ..common.errors import EdgeError
 from ..common.names import ENGINE_CHOICES, PRECISIONS
 from .pipeline import Pipeline, describe_error, run_pipeline
 from .preprocess import Preprocessor
-from .status import format_line
+from ..common.status import format_line
 
 log = logging.getLogger(__name__)
 

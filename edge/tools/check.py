@@ -104,12 +104,12 @@ def check_url(url, timeout=HTTP_TIMEOUT_S):
 
 def run_figures(healthz_url, timeout=HTTP_TIMEOUT_S):
     """'; 1,234 frames, 4 rejects, ...' from the live view's /status.json beside a /healthz URL
-    (the run's status contract, edge.runtime.status), or '' when there is none to read."""
+    (the run's status contract, edge.common.status), or '' when there is none to read."""
     parts = urllib.parse.urlsplit(healthz_url)
     if not parts.path.endswith("/healthz"):
         return ""
     url = urllib.parse.urlunsplit(parts._replace(path=parts.path[:-len("healthz")] + "status.json", query=""))
-    from ..runtime.status import RunStatus
+    from ..common.status import RunStatus
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             st = json.loads(resp.read()).get("status")

@@ -1,6 +1,6 @@
 """/metrics: the run's figures in the Prometheus text exposition format (version 0.0.4).
 
-Counters come from the published status (edge.runtime.status.RunStatus), so the page, the
+Counters come from the published status (edge.common.status.RunStatus), so the page, the
 telemetry and Prometheus agree; latency and engine time are histograms observed per decision
 (a bisect and two increments under a lock). No client library is needed on the line box; the
 tests read the output with prometheus_client's own parser.

@@ -14,7 +14,7 @@ URLs (no external JS or CSS: plants are offline):
                 virtual time from advancing)
   /stream.mjpg  multipart/x-mixed-replace JPEG stream, at most `max_fps` frames a second
   /snapshot.jpg the latest frame with its overlay (a grey "waiting" image before the first)
-  /status.json  {"status": the run's status (edge.runtime.status, versioned), "health": {ok,
+  /status.json  {"status": the run's status (edge.common.status, versioned), "health": {ok,
                 reason}, "verdicts": the last ones, "trend": [[wall, score, reject]] of the last
                 `trend_s` seconds, "frame": {seq, age_s}, "status_age_s"}
   /healthz      200 "ok" when healthy; 503 with the reason when a fault is active, a part
@@ -132,8 +132,8 @@ class LiveView:
             self._new_frame.notify_all()
 
     def set_status(self, status):
-        """The run's status: a RunStatus (edge.runtime.status) or its dict."""
-        from ..runtime.status import RunStatus
+        """The run's status: a RunStatus (edge.common.status) or its dict."""
+        from ..common.status import RunStatus
         st = status if isinstance(status, RunStatus) else RunStatus.from_dict(status)
         with self._lock:
             self._status = st

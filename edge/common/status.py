@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ..common.errors import EdgeError
+from .errors import EdgeError
 
 STATUS_VERSION = 1
 
