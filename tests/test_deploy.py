@@ -404,14 +404,15 @@ def test_check_records_beside_the_writer(tmp_path):
         health.check_records(other)
 
 
-def test_check_from_run_config(srcs, root, server, tmp_path, capsys):
+def test_check_from_run_config(srcs, root, server, tmp_path, capsys, monkeypatch):
     pytest.importorskip("edge.runtime.config")
+    monkeypatch.setenv("VIEW_TOKEN", "t0ken-for-the-plant-network")
     install.install(srcs[0], root, activate=True, log=lambda *_: None)
     db = make_db(str(tmp_path / "records.db"), [time.time()])
     cfg = {"bundle": os.path.join(root, "current"), "source": str(tmp_path),
            "engine": {"kind": "onnxruntime", "precision": "fp32", "batch": 1},
            "records": {"db": "records.db"},
-           "view": {"host": "0.0.0.0", "port": server.server_address[1]}}
+           "view": {"host": "0.0.0.0", "port": server.server_address[1], "token_env": "VIEW_TOKEN"}}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert edge_cmd("check", "--config", str(path), "--max-age", "60", "--json") == 0
