@@ -156,7 +156,7 @@ def records_of(db):
         unrecorded = con.execute("SELECT count(*) FROM events WHERE kind = 'unrecorded'").fetchone()[0]
     finally:
         con.close()
-    decided = summary.get("decided", 0)
+    decided = summary.get("frames", 0)          # the run status contract (edge/common/status.py)
     dropped = (summary.get("records") or {}).get("rows_dropped", 0) + unrecorded
     return {"decided": decided, "recorded": n, "dropped": dropped, "lost": decided - n - dropped,
             "images_dropped": (summary.get("records") or {}).get("images_dropped", 0)}

@@ -98,7 +98,7 @@ def test_bomb_png_in_a_folder_faults_the_run(bundle, tmp_path):
     cfg = run_config(tmp_path, bundle, {"uri": folder, "options": {"fps": 20}})   # paced: the line runs a while
     res, report = faultrun(tmp_path, cfg)
     run_summary, n, _ = assert_faulted(res, report, tmp_path / "r.db", "capture", "source", ["004_bad.png"])
-    assert run_summary["decided"] == 5 and n == 5          # every frame before it (000-004) decided and recorded
+    assert run_summary["frames"] == 5 and n == 5          # every frame before it (000-004) decided and recorded
 
 
 @pytest.mark.parametrize("stage, fault, kind", [
@@ -116,7 +116,7 @@ def test_any_stage_that_raises_faults_the_run(bundle, tmp_path, stage, fault, ki
     res, report = faultrun(tmp_path, cfg, fault, after=5)
     run_summary, n, kinds = assert_faulted(res, report, tmp_path / "r.db", stage, kind, ["RuntimeError", "injected"])
     # every decision is recorded, or (the record stage failed) named in an event
-    assert n + kinds.count("unrecorded") == run_summary["decided"]
+    assert n + kinds.count("unrecorded") == run_summary["frames"]
     assert (kinds.count("unrecorded") > 0) == (stage == "record")
 
 

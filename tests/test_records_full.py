@@ -102,14 +102,14 @@ def test_edge_run_on_a_full_disk(bundle, tmp_path, small_disk, on_full):  # noqa
     assert "run_end" in kinds
     assert "records_full" in kinds or rec["events_dropped"] > 0     # under degrade it may be dropped, and counted
     assert rec["images_dropped"] > 0 and "images" in summary and "dropped (disk full" in summary
-    assert n + rec["rows_dropped"] == run_summary["decided"]
+    assert n + rec["rows_dropped"] == run_summary["frames"]
     if on_full == "failsafe":
         assert res.returncode == 3 and "FAULT: record: records disk full" in summary
         assert report["line"]["plc"]["fault_kind"] == "records" and report["healthz"][0] == 503
-        assert rec["rows_dropped"] == 0 and run_summary["decided"] < 400
+        assert rec["rows_dropped"] == 0 and run_summary["frames"] < 400
     else:
         assert res.returncode == 0, res.stderr
-        assert run_summary["decided"] == 400 and report["line"]["plc"]["fault_kind"] is None
+        assert run_summary["frames"] == 400 and report["line"]["plc"]["fault_kind"] is None
 
 
 class FullConn:
