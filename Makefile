@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test bench bench-line bench-precision deps clean
 
 # Create the virtual environment and install the project with everything the tests need.
-$(STAMP): setup.cfg .ci/apt-packages.txt .ci/requirements-test.txt .ci/install-deps
+$(STAMP): setup.cfg .ci/apt-packages.txt .ci/requirements-test.txt .ci/constraints.txt .ci/install-deps
 	VENV=$(VENV) bash .ci/install-deps
 	touch $(STAMP)
 
