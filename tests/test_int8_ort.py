@@ -30,7 +30,7 @@ def _bundle(method, tmp_path_factory):
 
     out = str(tmp_path_factory.mktemp(method) / "bundle")
     train_bundle(TrainSettings(method, CAT, out, (128, 128), evaluate=False))
-    quantize_bundle(out, "int8", calib_images=12, trt=False, log=QUIET)
+    quantize_bundle(out, "int8", calib_images=12, trt=False, log=QUIET, force=True)   # the graphs, not the budget, are tested here
     return out
 
 
@@ -60,7 +60,7 @@ def resnet(tmp_path_factory):
     out = str(folder / "bundle")
     train_bundle(TrainSettings("padim", CAT, out, (96, 96), backbone="resnet18", weights=str(folder / "r18.pth"),
                                strides=(8, 16), evaluate=False))
-    quantize_bundle(out, "int8", calib_images=8, trt=False, log=QUIET)
+    quantize_bundle(out, "int8", calib_images=8, trt=False, log=QUIET, force=True)
     return out
 
 
