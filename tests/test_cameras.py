@@ -299,3 +299,23 @@ def test_three_cameras_one_lost_and_back_parts_joined(bundles, tmp_path, modbus_
             assert p["reject"] == any(any(v) for v in views.values())
     ejected = collections.Counter(v["seq"] for v in LINES["part-ejector"].verdicts)
     assert set(ejected) == {p["part"] for p in parts} and set(ejected.values()) == {1}
+
+
+def test_edge_run_with_two_cameras_on_the_command_line(bundles, tmp_path):
+    """`edge run` with a cameras: list: both cameras' frames decided, every record names its camera."""
+    from tests.gst_servers import require_gst
+    require_gst("videotestsrc", "videoconvert", "appsink")
+    finite = "gst://videotestsrc num-buffers=12 pattern={p} ! video/x-raw,width=96,height=96 ! videoconvert ! appsink"
+    cfg = {"bundle": bundles[0], "records": {"db": str(tmp_path / "r.db")}, "batch_wait_ms": 50,
+           "cameras": [{"id": "left", "source": finite.format(p="ball")},
+                       {"id": "right", "source": finite.format(p="smpte"), "decision": {"threshold": -1e12}}]}
+    path = tmp_path / "run.yaml"
+    path.write_text(json.dumps(cfg))
+    res = edge("run", path, "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "summary left: 12 frames decided of 12 captured" in res.stdout
+    assert "summary right: 12 frames decided of 12 captured, 12 rejected" in res.stdout
+    got = collections.Counter(json.loads(e)["camera"] for (e,) in rows(tmp_path / "r.db", "SELECT extra FROM records"))
+    assert got == {"left": 12, "right": 12}
+    res = edge("run", path, "--source", "rtsp://x/y")
+    assert res.returncode == 2 and "--source" in res.stderr

@@ -37,6 +37,7 @@ class Camera:
         self.group = None
         self.lost = False
         self.in_parts = False
+        self.engine_name = None          # for the records' engine column
 
 
 class MultiPipeline:
@@ -195,7 +196,8 @@ class MultiPipeline:
         if latency > cam.deadline_s:
             reason = "late"
         d = Decision(frame.seq, frame.t_capture, frame.wall, score, reject, reason, latency, area,
-                     frame.encoder, frame.part_id, {"camera": cam.id, "engine_ms": spent * 1000, "batch": n})
+                     frame.encoder, frame.part_id, {"camera": cam.id, "engine_ms": spent * 1000, "batch": n,
+                                                    **({"engine": cam.engine_name} if cam.engine_name else {})})
         if cam.line is not None:
             cam.line.decide(d)
         if cam.in_parts:
