@@ -319,3 +319,24 @@ def test_edge_run_with_two_cameras_on_the_command_line(bundles, tmp_path):
     assert got == {"left": 12, "right": 12}
     res = edge("run", path, "--source", "rtsp://x/y")
     assert res.returncode == 2 and "--source" in res.stderr
+
+
+def test_the_documented_example_is_a_valid_configuration(tmp_path):
+    import re
+    import yaml
+    text = open(os.path.join(os.path.dirname(PIPED), "..", "docs", "cameras.md")).read()
+    cfg = validate(yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1)), str(tmp_path))
+    assert [c.id for c in cfg.cameras] == ["top", "side", "lane2"]
+    assert cfg.parts.id_source == "modbus" and cfg.parts.counter["register"] == 120
+    assert cfg.cameras[2].run.line["outputs"][0]["name"] == "lane2.modbus[0]"
+    assert cfg.bundle == "/opt/lineside/current" and cfg.records.db == "/var/lib/lineside/records.db"
+
+
+def test_edge_check_reads_a_cameras_configuration(tmp_path):
+    from edge.tools.check import _from_config
+    path = tmp_path / "run.yaml"
+    path.write_text(json.dumps({"bundle": "b", "records": {"db": "r.db"}, "view": {"port": 8088},
+                                "cameras": [{"id": "a", "source": "rtsp://a/s"}]}))
+    bundle, engine, db, url = _from_config(str(path))
+    assert (bundle, db, url) == (str(tmp_path / "b"), str(tmp_path / "r.db"), "http://127.0.0.1:8088/healthz")
+    assert engine["kind"] == "auto"

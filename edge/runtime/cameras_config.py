@@ -67,6 +67,24 @@ class MultiRunConfig:
     batch_wait_ms: float = 5.0
     parts: Optional[PartsConfig] = None
 
+    # What a tool that reads one bundle and one store (edge check --config) finds here: the
+    # first camera's bundle and engine, the run's records and view.
+    @property
+    def bundle(self):
+        return self.cameras[0].run.bundle
+
+    @property
+    def engine(self):
+        return self.cameras[0].run.engine
+
+    @property
+    def records(self):
+        return self.top.records
+
+    @property
+    def view(self):
+        return self.top.view
+
     def to_dict(self):
         from .config import _plain
         return {"cameras": [dict(id=c.id, roi=c.roi, **_plain(c.run)) for c in self.cameras],
