@@ -4,7 +4,8 @@ and 4 cameras (looping folder sources), under ONNX Runtime FP32 and INT8, in ins
   paced:  every camera at 15 frames/s; per camera the frames/s sustained, latency p50/p99
           (capture to decision) and whether it kept pace (decided >= 98% of 15/s, nothing dropped)
   max:    cameras as fast as they go; frames/s per camera and in total, and the same total of
-          4 separate single-camera runs side by side (4 processes), for the batching gain.
+          4 separate single-camera runs side by side (4 processes), for the batching gain; and
+          the CPU time per frame of both, which other load on the machine hardly changes.
 Each measurement runs in its own process. Writes bench-out/cameras.json.
 
     python -m scripts.bench_cameras [--seconds 8] [--bundle bench-out/padim]
@@ -46,15 +47,26 @@ def child(spec):
             c.stats = Stats()
         for b, _ in pipe.groups:
             b.calls = b.frames = 0
+        cpu0 = _cpu_s()
         time.sleep(spec["seconds"])
         snap = pipe.snapshot()
+        cpu = _cpu_s() - cpu0
     finally:
         pipe.stop()
         pipe.join(30)
         close_all(opened)
     keep = ("fps", "decided", "dropped", "latency_ms_p50", "latency_ms_p99")
     return {"cameras": {k: {f: v[f] for f in keep} for k, v in snap["cameras"].items()},
-            "total_fps": snap["total"]["fps"], "mean_batch": snap["total"]["mean_batch"]}
+            "total_fps": snap["total"]["fps"], "mean_batch": snap["total"]["mean_batch"],
+            "cpu_s": cpu, "frames": snap["total"]["decided"]}
+
+
+def _cpu_s():
+    """CPU seconds this process has used (all its threads): unlike frames/s, hardly changed by
+    other programs on the machine."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _spawn(spec):
@@ -95,9 +107,9 @@ def main():
         print(json.dumps(child(json.loads(a.child))))
         return
     os.makedirs(OUT, exist_ok=True)
-    if not os.path.isfile(os.path.join(a.bundle, "manifest.json")):
+    if not os.path.isfile(os.path.join(a.bundle, "manifest.yaml")):
         edge("train", "--method", "padim", "--data", DATA, "--out", a.bundle, "--no-eval")
-    if "int8" in a.precisions and not any("int8" in f for f in os.listdir(a.bundle)):
+    if "int8" in a.precisions and not any("int8" in f for _, _, files in os.walk(a.bundle) for f in files):
         edge("quantize", a.bundle, "--precision", "int8")
     base = {"bundle": a.bundle, "seconds": a.seconds, "warmup": a.warmup}
     rows = []
@@ -120,9 +132,15 @@ def main():
         sep = [_result(p) for p in procs]
         sep_total = sum(s["total_fps"] for s in sep)
         one = next(r for r in rows if r["precision"] == prec and r["n"] == 4 and not r["paced"])
-        rows.append({"precision": prec, "separate_4_total_fps": sep_total, "ratio": one["total_fps"] / sep_total})
+        cpu_one = 1000 * one["cpu_s"] / max(1, one["frames"])
+        cpu_sep = 1000 * sum(s["cpu_s"] for s in sep) / max(1, sum(s["frames"] for s in sep))
+        rows.append({"precision": prec, "separate_4_total_fps": sep_total, "ratio": one["total_fps"] / sep_total,
+                     "cpu_ms_per_frame_one_run": cpu_one, "cpu_ms_per_frame_separate": cpu_sep})
         print(f"{prec:5} 4 separate single-camera runs: {sep_total:.1f} frames/s in total; one run with 4 "
               f"cameras: {one['total_fps']:.1f} ({one['total_fps'] / sep_total:.2f}x)", flush=True)
+        print(f"{prec:5} CPU per frame: one run with 4 cameras {cpu_one:.1f} ms, 4 separate runs {cpu_sep:.1f} ms "
+              f"({cpu_sep / cpu_one:.2f}x); on {os.cpu_count()} idle cores that is {1000 * os.cpu_count() / cpu_one:.0f} "
+              f"against {1000 * os.cpu_count() / cpu_sep:.0f} frames/s", flush=True)
     print(f"load: {os.getloadavg()[0]:.2f} (1 min)")
     with open(os.path.join(OUT, "cameras.json"), "w") as f:
         json.dump(rows, f, indent=1)
