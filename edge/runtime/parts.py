@@ -50,6 +50,7 @@ class PartJoiner:
         self._done = collections.OrderedDict()        # number -> reject, recent
         self._next = 0
         self.counts = collections.Counter()
+        self.recent = collections.deque(maxlen=20)    # the latest part verdicts, for the status
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._deadlines, name="edge-parts", daemon=True)
 
@@ -118,10 +119,11 @@ class PartJoiner:
             self.line.decide(Decision(part.number, part.t0, part.wall, max(part.scores, default=0.0), reject,
                                       reason, now - part.t0, 0.0, None, str(part.number),
                                       {"cameras": sorted(per_camera)}))
-        self._record("part", {"part": part.number, "reject": reject, "reason": reason,
-                              "views": {c: [s for s, _ in v] for c, v in part.views.items()},
-                              "rejects": per_camera, "missing": list(missing),
-                              "latency_ms": round((now - part.t0) * 1000, 2)})
+        result = {"part": part.number, "reject": reject, "reason": reason,
+                  "views": {c: [s for s, _ in v] for c, v in part.views.items()},
+                  "rejects": per_camera, "missing": list(missing), "latency_ms": round((now - part.t0) * 1000, 2)}
+        self.recent.append(result)
+        self._record("part", result)
 
     def _record(self, kind, detail):
         if self.record is not None:
@@ -154,4 +156,4 @@ class PartJoiner:
             pending = len(self._pending)
         c = self.counts
         return {"parts": c["parts"], "rejects": c["rejects"], "failsafe": c["failsafe"],
-                "after_part": c["after_part"], "pending": pending}
+                "after_part": c["after_part"], "pending": pending, "recent": list(self.recent)}

@@ -138,7 +138,7 @@ def run_cameras(cfg, args):
     opened = open_cameras(cfg)
     store = opened.get("store")
     first = opened["cameras"][0]
-    run_id = store.start_run(first.bundle.path, cfg.to_dict()) if store else None
+    run_id = store.start_run(first.bundle.path, cfg.to_dict(), bundle_sha=first.bundle.id) if store else None
     quiet = getattr(args, "quiet", False)
     pipe = build_pipeline(cfg, opened, on_reject=None if quiet else lambda cid, d: log.info(
         f"reject: camera {cid} frame {d.seq} score {d.score:.4g} latency {d.latency_s * 1000:.1f} ms"))
@@ -179,14 +179,16 @@ def run_cameras(cfg, args):
         if opened.get("joiner") is not None:
             opened["joiner"].close()
         if pipe.errors:
-            error = EdgeError("; ".join(pipe.errors))
+            error = "; ".join(pipe.errors)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         summary = pipe.snapshot()
         if store is not None:
-            store.end_run(dict(summary["total"], cameras=summary["cameras"], parts=summary["parts"],
-                               error=str(error) if error else None))
+            try:
+                store.end_run(dict(summary["total"], cameras=summary["cameras"], parts=summary["parts"], error=error))
+            except Exception as exc:
+                log.error("edge run: cannot end the run in the records: %s", exc)
         close_all(opened)
     for cid, s in summary["cameras"].items():
         print(f"summary {cid}: {s['decided']} frames decided of {s['captured']} captured, {s['rejects']} rejected, "
@@ -197,7 +199,10 @@ def run_cameras(cfg, args):
     print(f"summary: {len(summary['cameras'])} cameras, {t['decided']} frames decided, {t['fps']:.1f} fps in total, "
           f"{t['engine_calls']} engine calls (mean batch {t['mean_batch']:.2f})"
           + (f"; {p['parts']} parts, {p['rejects']} rejected, {p['failsafe']} fail-safe" if p else "")
-          + (f"; run {run_id} in {cfg.top.records.db}" if run_id is not None else ""))
+          + (f"; run {run_id} in {cfg.top.records.db}" if run_id is not None else "")
+          + (f"; FAULT: {error}" if error else ""))
     if error:
-        raise error
+        from .run import EXIT_FAULT
+        log.error(f"edge run: fault: {error}")
+        return EXIT_FAULT
     return 0
