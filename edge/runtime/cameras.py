@@ -232,6 +232,15 @@ class MultiPipeline:
             self.store.flush()
 
     # ---- status --------------------------------------------------------------------------
+    def camera_status(self, cam):
+        """One camera's status in the run status contract (edge.common.status.RunStatus)."""
+        from ..common.status import build
+        errors = [e for e in self.errors if e.startswith(f"capture-{cam.id}:")
+                  or e.startswith((f"infer-{cam.group}:", f"decide-{cam.group}:", "record:"))]
+        return build(cam.stats.snapshot(), source=cam.source, engine_name=cam.engine_name or "",
+                     errors=errors, line=cam.line, threshold=cam.threshold,
+                     identity={"camera": cam.id}, ended=bool(self._threads) and not self.running())
+
     def snapshot(self):
         """Plain data: {"cameras": {id: {...}}, "total": {...}, "parts": {...} or None}."""
         cams = {}

@@ -151,14 +151,8 @@ def run_cameras(cfg, args):
     view = opened.get("view")
 
     def status(snap):
-        if view is not None:
-            t = snap["total"]
-            lost = [c for c, s in snap["cameras"].items() if not s["connected"]]
-            fault = "; ".join(pipe.errors) or (f"camera lost: {', '.join(lost)}" if lost else None)
-            view.set_status(dict(t, latency_ms_p50=first.stats.snapshot()["latency_ms_p50"],
-                                 latency_ms_p95=first.stats.snapshot()["latency_ms_p95"],
-                                 fault=fault, engine=first.engine_name, source=first.source.describe(),
-                                 cameras=snap["cameras"], parts=snap["parts"]))
+        if view is not None:                          # the page shows the first camera (one RunStatus)
+            view.set_status(pipe.camera_status(first))
         if not quiet:
             for cid, s in snap["cameras"].items():
                 log.info(format_camera(cid, s), extra={"data": s})
