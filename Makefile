@@ -44,6 +44,7 @@ bench: $(STAMP)
 	mkdir -p bench-out
 	$(PY) -m scripts.bench_train --json bench-out/train.json
 	$(PY) -m scripts.bench_runtime
+	$(PY) -m scripts.bench_cameras
 
 bench-line: $(STAMP)
 	$(PY) -m scripts.bench_line

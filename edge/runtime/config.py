@@ -208,7 +208,11 @@ def _source(src, path_of):
 
 def validate(cfg, base_dir="."):
     """The run configuration as a RunConfig with defaults filled in; EdgeError naming the key
-    path at fault. Relative paths are taken from the config file's folder."""
+    path at fault. Relative paths are taken from the config file's folder. A configuration
+    with a `cameras:` list is a MultiRunConfig (edge.runtime.cameras_config)."""
+    if isinstance(cfg, dict) and "cameras" in cfg:
+        from .cameras_config import validate_cameras
+        return validate_cameras(cfg, base_dir, validate)
     _known(cfg, TOP, "config")
 
     def path_of(value):

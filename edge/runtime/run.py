@@ -6,7 +6,7 @@ import signal
 
 from ..bundle import reference
 from ..bundle.manifest import Bundle
-from .config import load_config, validate
+from .config import RunConfig, load_config, validate
 from ..engines import open_engine
 from ..common.errors import EdgeError
 from ..common.names import ENGINE_CHOICES, PRECISIONS
@@ -35,6 +35,8 @@ def build_config(args):
     raw = load_config(args.config)
     if args.bundle:
         raw["bundle"] = os.path.abspath(args.bundle)
+    if args.source and "cameras" in raw:
+        raise EdgeError("is per camera in this configuration (cameras[i].source)", "--source")
     if args.source:
         src = raw.get("source")
         raw["source"] = {"uri": args.source, "options": src.get("options", {})} if isinstance(src, dict) else args.source
@@ -113,6 +115,9 @@ def close_parts(parts):
 
 def run(args):
     cfg = build_config(args)
+    if not isinstance(cfg, RunConfig):                 # a `cameras:` list
+        from .run_cameras import run_cameras
+        return run_cameras(cfg, args)
     parts = open_parts(cfg)
     bundle = parts["bundle"]
     threshold = cfg.decision.threshold

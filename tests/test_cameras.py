@@ -1,0 +1,342 @@
+"""Several cameras in one `edge run`: the configuration, one engine call for the cameras that
+share a bundle, parts seen by several cameras, and a run of three real cameras (two GStreamer
+test sources sharing a bundle, one RTSP camera with its own bundle that is stopped and started
+again mid-run) with parts tied together by a trigger number read from a Modbus PLC."""
+
+import collections
+import json
+import os
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edge.bundle.manifest import Bundle
+from edge.common.errors import EdgeError
+from edge.engines.onnxrt import OrtEngine
+from edge.runtime.batcher import Batcher
+from edge.runtime.cameras_config import MultiRunConfig, PartsConfig
+from edge.runtime.config import RunConfig, validate
+from edge.runtime.parts import PartJoiner, combine
+from edge.runtime.types import Decision
+from tests.helpers import PIPED, edge
+from tests.line_servers import modbus_plc  # noqa: F401  (fixture)
+
+CAT = os.path.join(PIPED, "PA_BDP01_TL")
+GST = ("gst://videotestsrc is-live=true pattern={p} ! video/x-raw,width=160,height=120,framerate={fps}/1 "
+       "! videoconvert ! appsink")
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    out = []
+    for name, size in (("shared", "96"), ("own", "64")):
+        path = tmp_path_factory.mktemp("cams") / name
+        res = edge("train", "--method", "padim", "--data", CAT, "--out", path, "--size", size, "--no-eval")
+        assert res.returncode == 0, res.stderr
+        out.append(str(path))
+    return out
+
+
+def rows(db, sql):
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+# ---- configuration ----------------------------------------------------------------------
+def test_single_camera_config_is_unchanged():
+    assert isinstance(validate({"bundle": "b", "source": "folder://x"}), RunConfig)
+
+
+def test_cameras_take_the_top_level_as_defaults(tmp_path):
+    cfg = validate({"bundle": "b", "engine": {"precision": "int8", "batch": 8}, "decision": {"min_area": 0.1},
+                    "cameras": [{"id": "top", "source": "rtsp://a/s", "roi": [0, 0, 64, 32]},
+                                {"id": "side", "source": "rtsp://b/s", "bundle": "c", "engine": {"batch": 2},
+                                 "decision": {"threshold": 3.5}}],
+                    "parts": {"cameras": ["top", "side"]}}, str(tmp_path))
+    assert isinstance(cfg, MultiRunConfig)
+    top, side = cfg.cameras
+    assert (top.id, top.roi, top.run.engine.precision, top.run.engine.batch) == ("top", (0, 0, 64, 32), "int8", 8)
+    assert (side.run.engine.precision, side.run.engine.batch) == ("int8", 2)      # merged, not replaced
+    assert side.run.bundle == str(tmp_path / "c") and side.run.decision.threshold == 3.5
+    assert side.run.decision.min_area == 0.1
+    assert cfg.parts.combine == "any" and cfg.parts.id_source == "capture_time"
+
+
+def test_camera_mqtt_topics_carry_the_camera_id():
+    cfg = validate({"bundle": "b", "cameras": [
+        {"id": "top", "source": "rtsp://a/s", "line": {"timing": {"delay_ms": 100},
+                                                       "outputs": [{"type": "mqtt", "host": "h"}]}}]})
+    out = cfg.cameras[0].run.line["outputs"][0]
+    assert out["topic_prefix"] == "lineside/box/top" and out["name"] == "top.mqtt[0]"
+
+
+@pytest.mark.parametrize("raw, where", [
+    ({"cameras": [{"id": "a", "source": "rtsp://a/s"}]}, "cameras[0].bundle"),
+    ({"bundle": "b", "cameras": []}, "cameras"),
+    ({"bundle": "b", "source": "rtsp://x/y", "cameras": [{"id": "a", "source": "rtsp://a/s"}]}, "source"),
+    ({"bundle": "b", "cameras": [{"id": "a b", "source": "rtsp://a/s"}]}, "cameras[0].id"),
+    ({"bundle": "b", "cameras": [{"id": "a", "source": "x://"}, {"id": "a", "source": "y://"}]}, "cameras[1].id"),
+    ({"bundle": "b", "cameras": [{"id": "a", "source": "rtsp://a/s", "decision": {"threshold": "hi"}}]},
+     "cameras[0].decision.threshold"),
+    ({"bundle": "b", "cameras": [{"id": "a", "source": "rtsp://a/s", "roi": [0, 0, -1, 3]}]}, "cameras[0].roi"),
+    ({"bundle": "b", "cameras": [{"id": "a", "source": "rtsp://a/s", "colour": 1}]}, "cameras[0]"),
+    ({"bundle": "b", "cameras": [{"id": "a", "source": "rtsp://a/s", "line": {"timing": {"mode": "x"}}}]},
+     "cameras[0].line.timing.mode"),
+    ({"bundle": "b", "cameras": [{"id": "a", "source": "x://"}, {"id": "c", "source": "y://"}],
+      "parts": {"cameras": ["a", "b"]}}, "parts.cameras"),
+    ({"bundle": "b", "cameras": [{"id": "a", "source": "x://"}, {"id": "c", "source": "y://"}],
+      "parts": {"cameras": ["a", "c"], "combine": "vote"}}, "parts.combine"),
+    ({"bundle": "b", "cameras": [{"id": "a", "source": "x://"}, {"id": "c", "source": "y://"}],
+      "parts": {"cameras": ["a", "c"], "id": {"source": "modbus"}}}, "parts.id.host"),
+    ({"bundle": "b", "batch_wait_ms": -1, "cameras": [{"id": "a", "source": "x://"}]}, "config.batch_wait_ms"),
+])
+def test_bad_camera_config_names_the_key(raw, where):
+    with pytest.raises(EdgeError) as err:
+        validate(raw)
+    assert err.value.where == where, str(err.value)
+
+
+# ---- one engine call for several cameras ------------------------------------------------------
+def test_frames_of_cameras_sharing_a_bundle_go_into_one_engine_call(bundles):
+    b = Bundle(bundles[0])
+    engine = OrtEngine(b.graph_path())
+    h, w = b.input_hw
+    batcher = Batcher(engine, 4, wait_s=3600)
+    a, c, lost = batcher.feed("a", 8, "inspect-all"), batcher.feed("c", 8, "inspect-all"), batcher.feed("l", 8, "inspect-all")
+    for i in range(3):
+        a.put((f"a{i}", np.full((h, w, 3), 40 * i, np.uint8)))
+    c.put(("c0", np.zeros((h, w, 3), np.uint8)))
+    lost.set_stalled(True)          # a lost camera is not waited for, though its feed is open
+    calls = []
+    t = threading.Thread(target=batcher.run, args=(lambda items, maps, scores, s: calls.append(
+        ([it[0] for _, it in items], maps.shape, scores.shape)),))
+    t.start()
+    end = time.monotonic() + 60
+    while not calls and time.monotonic() < end:
+        time.sleep(0.01)
+    for f in (a, c, lost):
+        f.close()
+    t.join(60)
+    assert not t.is_alive()
+    assert calls[0][0] == ["a0", "c0", "a1", "a2"]             # round-robin, one call of four
+    assert calls[0][1][0] == 4 and calls[0][2] == (4,)
+    assert len(calls) == 1 and batcher.calls == 1 and batcher.frames == 4
+
+
+# ---- parts ------------------------------------------------------------------------------------
+def test_combination_rules():
+    assert combine("any", {"a": False, "b": True}) and not combine("any", {"a": False, "b": False})
+    assert not combine("all", {"a": False, "b": True}) and combine("all", {"a": True, "b": True})
+    assert combine("majority", {"a": True, "b": True, "c": False})
+    assert not combine("majority", {"a": True, "b": False})
+
+
+def _d(seq, reject, t):
+    return Decision(seq, t, time.time(), 2.0 if reject else 0.5, reject, "score" if reject else "ok")
+
+
+def test_part_verdict_is_decided_once_and_sent_once_to_its_ejector():
+    from edge.outputs import LineIO
+    from edge.outputs.memory import LINES
+    line = LineIO({"timing": {"mode": "delay", "delay_ms": 60000}, "failsafe": {"drain_ms": 0},
+                   "outputs": [{"type": "memory", "name": "part-ejector"}]}).start()
+    seen = []
+    cfg = PartsConfig(cameras=("top", "side"), deadline_ms=60000)
+    j = PartJoiner(cfg, line, lambda kind, d: seen.append((kind, d))).start()
+    now = time.monotonic()
+    assert j.view("top", _d(0, False, now), key=7) == 7
+    assert j.view("side", _d(0, True, now), key=7) == 7           # both views: decided now
+    assert j.view("top", _d(1, False, now), key=7) == 7           # a view after its part was decided
+    j.view("top", _d(2, False, now), key=8)
+    j.view("side", _d(1, False, now), key=8)
+    j.view("side", _d(2, False, now), key=9)                      # top never sees part 9
+    j.close()
+    line.close()
+    parts = {d["part"]: d for k, d in seen if k == "part"}
+    assert parts[7]["reject"] and parts[7]["reason"] == "any:side" and parts[7]["views"] == {"top": [0], "side": [0]}
+    assert not parts[8]["reject"] and parts[8]["missing"] == []
+    assert parts[9]["reject"] and parts[9]["missing"] == ["top"] and parts[9]["reason"].startswith("failsafe")
+    assert [k for k, _ in seen].count("view_after_part") == 1
+    verdicts = [(v["seq"], v["reject"]) for v in LINES["part-ejector"].verdicts]
+    assert sorted(verdicts) == [(7, True), (8, False), (9, True)]  # once per part
+    assert j.stats()["failsafe"] == 1
+
+
+def test_parts_matched_by_capture_time():
+    seen = []
+    j = PartJoiner(PartsConfig(cameras=("a", "b"), tolerance_ms=30, deadline_ms=60000), None,
+                   lambda k, d: seen.append(d) if k == "part" else None)
+    t = 1000.0
+    n1 = j.view("a", _d(0, False, t))
+    n2 = j.view("a", _d(1, False, t + 0.1))        # the next part on camera a
+    assert j.view("b", _d(0, True, t + 0.01)) == n1
+    assert j.view("b", _d(1, False, t + 0.12)) == n2 != n1
+    j.close()
+    assert [(d["part"], d["reject"]) for d in seen] == [(n1, True), (n2, False)]
+
+
+# ---- three real cameras ------------------------------------------------------------------------
+def _median_score(bundle, uri, roi):
+    """The median score of a few frames of a test source: a threshold that passes some views and rejects others."""
+    from edge.runtime.preprocess import Preprocessor
+    from edge.sources import open_source
+    b = Bundle(bundle)
+    pre = Preprocessor(*b.input_hw, roi)
+    engine = OrtEngine(b.graph_path())
+    src = open_source(uri).start()
+    try:
+        frames = [src.read(timeout=10) for _ in range(9)]
+    finally:
+        src.close()
+    scores = [float(engine.infer(pre(f.image)[None])[1][0]) for f in frames if f is not None]
+    engine.close()
+    return float(np.median(scores))
+
+
+def test_three_cameras_one_lost_and_back_parts_joined(bundles, tmp_path, modbus_plc):  # noqa: F811
+    from edge.outputs.memory import LINES
+    from edge.runtime.run_cameras import build_pipeline, close_all, open_cameras
+    from tests.gst_servers import RtspServer, free_port, require_gst
+    require_gst("videotestsrc", "videoconvert", "appsink")
+    server = RtspServer(port=free_port()).start()          # skips when GstRtspServer is missing
+    shared, own = bundles
+    db = str(tmp_path / "r.db")
+    raw = {
+        "bundle": shared, "engine": {"batch": 4}, "batch_wait_ms": 20, "status_every_s": 0.2,
+        "records": {"db": db, "save": "none"},
+        "cameras": [
+            {"id": "top", "source": GST.format(p="ball", fps=10), "decision": {"threshold": 1e12}},
+            {"id": "side", "source": GST.format(p="snow", fps=10), "roi": [20, 0, 120, 120]},
+            {"id": "lane2", "bundle": own,
+             "source": {"uri": server.url, "options": {"transport": "tcp", "latency_ms": 1, "stall_s": 2,
+                                                       "reconnect": {"initial_s": 0.2, "max_s": 0.5}}},
+             "line": {"timing": {"mode": "delay", "delay_ms": 300}, "failsafe": {"drain_ms": 0},
+                      "outputs": [{"type": "memory"}]}},
+        ],
+        "parts": {"cameras": ["top", "side"], "deadline_ms": 400,
+                  "id": {"source": "modbus", "host": "127.0.0.1", "port": modbus_plc.port, "register": 10,
+                         "words": 1, "poll_ms": 2},
+                  "line": {"timing": {"mode": "delay", "delay_ms": 1500}, "failsafe": {"drain_ms": 3000},
+                           "outputs": [{"type": "memory", "name": "part-ejector"}]}},
+    }
+    raw["cameras"][1]["decision"] = {"threshold": _median_score(shared, GST.format(p="snow", fps=10), (20, 0, 120, 120))}
+    cfg = validate(raw, str(tmp_path))
+    stop_trigger = threading.Event()
+
+    def trigger():                                    # the PLC counts parts, one every 300 ms
+        client, n = modbus_plc.client(), 0
+        try:
+            while not stop_trigger.wait(0.3):
+                n += 1
+                client.write_register(10, n)
+        finally:
+            client.close()
+    trig = threading.Thread(target=trigger, daemon=True)
+    trig.start()
+    opened = open_cameras(cfg)
+    pipe = build_pipeline(cfg, opened)
+    cams = {c.id: c for c in opened["cameras"]}
+    store = opened["store"]
+    store.start_run(shared, cfg.to_dict())
+
+    def wait(cond, t=60):
+        end = time.monotonic() + t
+        while time.monotonic() < end and not cond():
+            time.sleep(0.05)
+        assert cond()
+    try:
+        pipe.start()
+        wait(lambda: all(c.stats.decided >= 10 for c in cams.values()))
+        server.stop()
+        wait(lambda: cams["lane2"].stats.outages == 1)
+        during = cams["top"].stats.decided
+        wait(lambda: cams["top"].stats.decided >= during + 10)      # the others go on meanwhile
+        assert cams["lane2"].lost
+        before = cams["lane2"].stats.decided
+        server.start()
+        wait(lambda: cams["lane2"].stats.decided >= before + 10)
+    finally:
+        pipe.stop()
+        pipe.join(timeout=60)
+        stop_trigger.set()
+        opened["joiner"].close()
+        snap = pipe.snapshot()
+        store.end_run(snap["total"])
+        close_all(opened)
+        server.stop()
+    assert not pipe.errors
+    recs = collections.defaultdict(dict)
+    for seq, reject, part_id, extra in rows(db, "SELECT seq, reject, part_id, extra FROM records"):
+        recs[json.loads(extra)["camera"]][seq] = (bool(reject), part_id)
+    for cid in ("top", "side"):                           # every frame of the live cameras decided
+        s = snap["cameras"][cid]
+        assert s["decided"] == s["captured"] and s["dropped"] == 0 and s["outages"] == 0
+        assert sorted(recs[cid]) == list(range(s["decided"]))
+    assert not any(r for r, _ in recs["top"].values())
+    assert snap["cameras"]["lane2"]["outages"] == 1 and len(recs["lane2"]) == snap["cameras"]["lane2"]["decided"]
+    events = [(k, json.loads(d)) for k, d in rows(db, "SELECT kind, detail FROM events ORDER BY id")]
+    lane2 = [k for k, d in events if d.get("camera") == "lane2"]
+    assert "source_lost" in lane2 and "source_reopened" in lane2 and "line_fault" in lane2
+    assert not any(k == "source_lost" and d.get("camera") != "lane2" for k, d in events)
+    parts = [d for k, d in events if k == "part"]
+    assert len(parts) >= 10 and len({p["part"] for p in parts}) == len(parts)       # once each
+    complete = [p for p in parts if not p["missing"]]
+    assert complete
+    assert {p["reject"] for p in complete} == {True, False}                  # the views disagree at times
+    for p in parts:
+        views = {c: [recs[c][s][0] for s in seqs] for c, seqs in p["views"].items()}
+        for c, seqs in p["views"].items():
+            assert all(recs[c][s][1] == str(p["part"]) for s in seqs)          # each view names its part
+        if p["missing"]:
+            assert p["reject"] and p["reason"].startswith("failsafe")
+        else:
+            assert p["reject"] == any(any(v) for v in views.values())
+    ejected = collections.Counter(v["seq"] for v in LINES["part-ejector"].verdicts)
+    assert set(ejected) == {p["part"] for p in parts} and set(ejected.values()) == {1}
+
+
+def test_edge_run_with_two_cameras_on_the_command_line(bundles, tmp_path):
+    """`edge run` with a cameras: list: both cameras' frames decided, every record names its camera."""
+    from tests.gst_servers import require_gst
+    require_gst("videotestsrc", "videoconvert", "appsink")
+    finite = "gst://videotestsrc num-buffers=12 pattern={p} ! video/x-raw,width=96,height=96 ! videoconvert ! appsink"
+    cfg = {"bundle": bundles[0], "records": {"db": str(tmp_path / "r.db")}, "batch_wait_ms": 50,
+           "cameras": [{"id": "left", "source": finite.format(p="ball")},
+                       {"id": "right", "source": finite.format(p="smpte"), "decision": {"threshold": -1e12}}]}
+    path = tmp_path / "run.yaml"
+    path.write_text(json.dumps(cfg))
+    res = edge("run", path, "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "summary left: 12 frames decided of 12 captured" in res.stdout
+    assert "summary right: 12 frames decided of 12 captured, 12 rejected" in res.stdout
+    got = collections.Counter(json.loads(e)["camera"] for (e,) in rows(tmp_path / "r.db", "SELECT extra FROM records"))
+    assert got == {"left": 12, "right": 12}
+    res = edge("run", path, "--source", "rtsp://x/y")
+    assert res.returncode == 2 and "--source" in res.stderr
+
+
+def test_the_documented_example_is_a_valid_configuration(tmp_path):
+    import re
+    import yaml
+    text = open(os.path.join(os.path.dirname(PIPED), "..", "docs", "cameras.md")).read()
+    cfg = validate(yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1)), str(tmp_path))
+    assert [c.id for c in cfg.cameras] == ["top", "side", "lane2"]
+    assert cfg.parts.id_source == "modbus" and cfg.parts.counter["register"] == 120
+    assert cfg.cameras[2].run.line["outputs"][0]["name"] == "lane2.modbus[0]"
+    assert cfg.bundle == "/opt/lineside/current" and cfg.records.db == "/var/lib/lineside/records.db"
+
+
+def test_edge_check_reads_a_cameras_configuration(tmp_path):
+    from edge.tools.check import _from_config
+    path = tmp_path / "run.yaml"
+    path.write_text(json.dumps({"bundle": "b", "records": {"db": "r.db"}, "view": {"port": 8088},
+                                "cameras": [{"id": "a", "source": "rtsp://a/s"}]}))
+    bundle, engine, db, url = _from_config(str(path))
+    assert (bundle, db, url) == (str(tmp_path / "b"), str(tmp_path / "r.db"), "http://127.0.0.1:8088/healthz")
+    assert engine["kind"] == "auto"
