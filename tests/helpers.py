@@ -1,6 +1,7 @@
 """Small helpers shared by the tests."""
 
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -21,3 +22,12 @@ def edge(*args, cwd=None, timeout=600, env=None):
         python = os.environ.get("EDGE_TRAIN_PYTHON") or python
     return subprocess.run([python, "-m", "edge.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or ROOT, timeout=timeout, env=env)
+
+
+def rows(db, sql):
+    """The rows a query gives on a record store's SQLite file (read on a connection of its own)."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()

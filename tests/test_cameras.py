@@ -6,7 +6,6 @@ again mid-run) with parts tied together by a trigger number read from a Modbus P
 import collections
 import json
 import os
-import sqlite3
 import threading
 import time
 
@@ -21,7 +20,7 @@ from edge.runtime.cameras_config import MultiRunConfig, PartsConfig
 from edge.runtime.config import RunConfig, validate
 from edge.runtime.parts import PartJoiner, combine
 from edge.runtime.types import Decision
-from tests.helpers import PIPED, edge
+from tests.helpers import PIPED, edge, rows
 from tests.line_servers import modbus_plc  # noqa: F401  (fixture)
 
 CAT = os.path.join(PIPED, "PA_BDP01_TL")
@@ -38,14 +37,6 @@ def bundles(tmp_path_factory):
         assert res.returncode == 0, res.stderr
         out.append(str(path))
     return out
-
-
-def rows(db, sql):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 # ---- configuration ----------------------------------------------------------------------

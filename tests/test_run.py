@@ -18,7 +18,7 @@ from edge.runtime.pipeline import Pipeline
 from edge.runtime.preprocess import Preprocessor
 from edge.records.store import RecordStore
 from edge.sources import open_source
-from tests.helpers import PIPED, ROOT, edge
+from tests.helpers import PIPED, ROOT, edge, rows
 
 CAT = os.path.join(PIPED, "PA_BDP01_TL")
 IMPURITY = os.path.join(CAT, "test", "impurity")
@@ -38,14 +38,6 @@ def write_config(tmp_path, bundle, source, **extra):
     path = tmp_path / "run.yaml"
     path.write_text(json.dumps(cfg))          # JSON is YAML
     return path
-
-
-def rows(db, sql):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_runtime_needs_no_torch(bundle, tmp_path):
