@@ -278,3 +278,24 @@ def test_one_bundle_id_for_install_records_check_and_view(toy, tmp_path, capfd):
     assert any(f"id {before[:12]}" in line for line in err)
     checks = health.run_checks(os.path.join(root, "current"), engine="none")
     assert checks[0]["ok"] and before[:12] in checks[0]["detail"]
+
+
+def test_oversized_manifest_and_key_are_refused_by_name(toy, tmp_path):
+    """A manifest or key file past its size limit is refused naming the file, without reading
+    more of it than the limit (a bundle or key path pointing at a device or a huge file)."""
+    from edge.bundle import manifest as mf, signing
+    bundle = tmp_path / "big"
+    shutil.copytree(toy, bundle)
+    with open(bundle / "manifest.yaml", "a") as f:
+        f.write("#" * (mf.MAX_MANIFEST_BYTES + 10))
+    with pytest.raises(EdgeError, match="manifest is larger than") as err:
+        Bundle(str(bundle))
+    assert "manifest.yaml" in str(err.value)
+    key = tmp_path / "key.pub"
+    key.write_bytes(b"x" * (signing.MAX_KEY_BYTES + 1))
+    with pytest.raises(EdgeError, match="key is larger than") as err:
+        signing.load_public_key(str(key))
+    assert "key.pub" in str(err.value)
+    key.write_bytes(b"  \n")
+    with pytest.raises(EdgeError, match="not a key file"):
+        signing.load_public_key(str(key))

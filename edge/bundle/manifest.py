@@ -18,7 +18,7 @@ import os
 import yaml
 
 from ..common.errors import EdgeError
-from ..common.fsutil import atomic_write_text, sha256_file
+from ..common.fsutil import atomic_write_text, read_limited, sha256_file
 from .identity import ID_FILE, bundle_id, read_recorded_id
 from .schema import validate_manifest
 
@@ -32,14 +32,7 @@ ENGINE_GRAPH_FILES = {("int8", "onnxruntime"): "model.int8.ort.onnx"}
 
 def load_manifest(mpath):
     """The parsed manifest file; EdgeError (never another exception) for anything unreadable."""
-    try:
-        with open(mpath, "rb") as f:
-            data = f.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:
-        raise EdgeError(f"cannot read the manifest: {exc.strerror}", mpath) from None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise EdgeError(f"manifest is larger than {MAX_MANIFEST_BYTES >> 20} MiB", mpath)
-    return parse_manifest(data, mpath)
+    return parse_manifest(read_limited(mpath, MAX_MANIFEST_BYTES, "manifest"), mpath)
 
 
 def parse_manifest(data, where):

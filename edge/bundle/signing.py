@@ -22,7 +22,7 @@ import hashlib
 import os
 
 from ..common.errors import EdgeError
-from ..common.fsutil import atomic_write_text, sha256_file
+from ..common.fsutil import atomic_write_text, read_limited, sha256_file
 
 SIG_SUFFIX = ".sig"
 HEADER = "lineside-ad signature 1"
@@ -42,13 +42,9 @@ def _crypto():
 
 
 def _read_key_file(path):
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_KEY_BYTES + 1)
-    except OSError as exc:
-        raise EdgeError(f"cannot read key: {exc.strerror}", path) from None
-    if len(data) > MAX_KEY_BYTES or not data.strip():
-        raise EdgeError("not a key file", path)
+    data = read_limited(path, MAX_KEY_BYTES, "key")
+    if not data.strip():
+        raise EdgeError("not a key file (empty)", path)
     return data
 
 

@@ -7,6 +7,22 @@ import os
 import shutil
 import tempfile
 
+from .errors import EdgeError
+
+
+def read_limited(path, limit, what):
+    """The bytes of a file of at most `limit` bytes; EdgeError naming the file for anything else
+    (unreadable, or larger, without reading more than limit + 1 bytes)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise EdgeError(f"cannot read the {what}: {exc.strerror}", path) from None
+    if len(data) > limit:
+        size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+        raise EdgeError(f"{what} is larger than {size}", path)
+    return data
+
 
 def sha256_file(path, chunk=1 << 20):
     h = hashlib.sha256()
