@@ -41,3 +41,15 @@ def pytest_runtest_setup(item):
         state, why = gpu_state()
         if state == "fail":
             pytest.fail(why, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def padim96(tmp_path_factory):
+    """One small PaDiM bundle (96 px, the embedded PA_BDP01_TL category) trained once for the
+    session and shared by the runtime tests; a test that changes a bundle copies it first."""
+    from tests.helpers import PIPED, edge
+    out = tmp_path_factory.mktemp("padim96") / "bundle"
+    res = edge("train", "--method", "padim", "--data", os.path.join(PIPED, "PA_BDP01_TL"),
+               "--out", out, "--size", "96", "--no-eval")
+    assert res.returncode == 0, res.stderr
+    return str(out)

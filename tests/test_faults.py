@@ -19,11 +19,8 @@ GOOD = os.path.join(CAT, "test", "good")
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("faults") / "bundle"
-    res = edge("train", "--method", "padim", "--data", CAT, "--out", out, "--size", "96", "--no-eval")
-    assert res.returncode == 0, res.stderr
-    return str(out)
+def bundle(padim96):
+    return padim96
 
 
 def folder_of(tmp_path, n=8, bad_at=None, make_bad=None):

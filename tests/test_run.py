@@ -25,11 +25,8 @@ IMPURITY = os.path.join(CAT, "test", "impurity")
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "bundle"
-    res = edge("train", "--method", "padim", "--data", CAT, "--out", out, "--size", "96", "--no-eval")
-    assert res.returncode == 0, res.stderr
-    return str(out)
+def bundle(padim96):
+    return padim96
 
 
 def write_config(tmp_path, bundle, source, **extra):
