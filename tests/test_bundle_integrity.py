@@ -234,11 +234,16 @@ def test_installed_manifest_edit_is_refused_at_every_open(toy, tmp_path):
         Bundle(current)
     checks = health.run_checks(current, engine="onnxruntime")
     assert not checks[0]["ok"] and "changed since install" in checks[0]["detail"]
-    with pytest.raises(EdgeError, match="activation refused"):
-        install.activate(root, res.name, **QUIET)
+    # A tampered bundle is not made current again: install a second one, then roll back to it.
+    other = make_bundle(str(tmp_path / "other"), seed=4)
+    assert install.install(other, root, activate=True, **QUIET).activated
+    with pytest.raises(EdgeError, match="rollback refused"):
+        install.rollback(root, **QUIET)
+    assert Bundle(current).id != res.id
     # Plans added on the box (edge build) do not change the id; other edits do not save.
     with open(mpath, "w") as f:
         f.write(original)
+    assert install.rollback(root, **QUIET) == res.path        # mended, it may be current again
     b = Bundle(current)
     b.manifest["plans"] = {"plans/x.plan": {"gpu": "Orin"}}
     b.save()

@@ -328,15 +328,6 @@ def _switch(root, target, current, log):
         + (f" (previous -> {os.path.relpath(current, root)})" if current else ""))
 
 
-def activate(root, target, log=print):
-    """Make an installed bundle (a folder under <root>/bundles, or its name) current."""
-    root = _root(root)
-    if not os.path.isabs(target) and os.sep not in target:
-        target = os.path.join(root, BUNDLES, target)
-    with root_lock(root):
-        return _activate(root, target, log)
-
-
 def rollback(root=None, log=print):
     """Swap current and previous (so a second rollback undoes the first). Refused, with
     nothing changed, when there is no previous bundle or it fails verification."""
