@@ -97,7 +97,8 @@ def test_wal_rows_images_events_runs(tmp_path):
         saved = store.recent(20)[-4]
         assert saved["seq"] == 3 and os.path.isfile(saved["image"])
         img = read_rgb(saved["image"])                                  # complete PNG, label bar on top
-        assert img.shape == (32 + 18, 32, 3)
+        assert img.shape[1:] == (32, 3) and img.shape[0] >= 32 + 18     # the caption wraps on 32 px
+        assert (img.shape[0] - 32 - 4) % 14 == 0
 
 
 def test_batches_commit_by_rows_and_jpeg_all(tmp_path):
@@ -283,3 +284,15 @@ def test_bad_db_paths(tmp_path):
         RecordStore(str(tmp_path / "missing.db"), readonly=True)
     with pytest.raises(EdgeError, match="save must be"):
         RecordStore(str(tmp_path / "x.db"), save="some")
+
+
+def test_record_caption_fits_a_narrow_image():
+    """A caption wider than a small frame wraps onto more lines: every word is inside the image."""
+    import numpy as np
+    from edge.view.overlay import _caption_lines, label
+    text = "REJECT score 123.45 thr 100.0 frame 1234"
+    lines = _caption_lines(text, 64)
+    assert len(lines) > 1 and " ".join(lines) == text
+    img = label(np.zeros((64, 64, 3), np.uint8), text, True)
+    assert img.shape[1] == 64 and img.shape[0] == 64 + 4 + 14 * len(lines)
+    assert len(_caption_lines(text, 400)) == 1

@@ -21,10 +21,31 @@ def heat_overlay(image_rgb, amap, threshold, alpha=0.45):
     return out
 
 
+_FONT, _SCALE, _LINE = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 14
+
+
+def _caption_lines(text, width):
+    """The caption's words in lines that each fit `width` pixels (a word longer than the width
+    is cut, never drawn past the edge)."""
+    def fits(t):
+        return cv2.getTextSize(t, _FONT, _SCALE, 1)[0][0] <= width - 6
+    lines = []
+    for word in text.split():
+        while not fits(word) and len(word) > 1:
+            word = word[:-1]
+        if lines and fits(lines[-1] + " " + word):
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def label(image_rgb, text, reject):
-    """A caption bar above an image: verdict colour and text."""
-    bar = np.full((18, image_rgb.shape[1], 3), (200, 30, 30) if reject else (30, 140, 30), np.uint8)
-    cv2.putText(bar, text, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    """A caption bar above an image: verdict colour and text, wrapped to the image's width."""
+    lines = _caption_lines(text, image_rgb.shape[1])
+    bar = np.full((4 + _LINE * len(lines), image_rgb.shape[1], 3), (200, 30, 30) if reject else (30, 140, 30), np.uint8)
+    for i, line in enumerate(lines):
+        cv2.putText(bar, line, (3, 13 + _LINE * i), _FONT, _SCALE, (255, 255, 255), 1, cv2.LINE_AA)
     return np.vstack([bar, image_rgb])
 
 
