@@ -227,9 +227,11 @@ def calibration_images(bundle, root=None, count=DEFAULT_CALIB_IMAGES):
     return load_images(paths, Preprocessor.for_bundle(bundle))
 
 
-def evaluation_set(bundle, root=None):
+def evaluation_set(bundle, root=None, with_newness=False):
     """(images, labels or None, masks or None, description). The test split when the data set
-    has one; else its validation/good or train/good images (good only: no AUROC)."""
+    has one; else its validation/good or train/good images (good only: no AUROC).
+    `with_newness`: a fifth item, whether the images are new to the model (all but the bundle's
+    own training images)."""
     from train.data import MvtecSet, load_images, load_test
 
     root = _data_root(bundle, root)
@@ -238,42 +240,59 @@ def evaluation_set(bundle, root=None):
     if os.path.isdir(os.path.join(root, "test")):
         samples = ds.test()
         images, masks = load_test(samples, pre)
-        return images, np.array([s.label for s in samples]), masks, f"{name}/test"
-    paths = ds.validation_good() or ds.train_good()
-    return load_images(paths, pre), None, None, f"{name} good images (no test split)"
+        out = images, np.array([s.label for s in samples]), masks, f"{name}/test", True
+    else:
+        val = ds.validation_good()
+        trained_on = (bundle.manifest.get("training") or {}).get("data")
+        own = not val and bool(trained_on) and os.path.realpath(trained_on) == os.path.realpath(root)
+        out = (load_images(val or ds.train_good(), pre), None, None,
+               f"{name} {'validation' if val else 'training'} good images (no test split)", not own)
+    return out if with_newness else out[:4]
 
 
-def variant_threshold(bundle, variant_path, batch=8, threads=None, count=16):
-    """The bundle's operating point carried over to the variant: its threshold moved by the
-    median score difference of the variant from FP32 on up to `count` good training images
-    (edge.common.oppoint.carried_over); None when those images cannot be found again."""
+SHIFT_IMAGES = 16                # images nearest the threshold the variant's shift is measured on
+
+
+def variant_threshold(bundle, ref_scores, scores, where, new_to_model, count=SHIFT_IMAGES):
+    """The bundle's operating point carried over to a variant (edge.common.oppoint.carried_over):
+    its threshold moved by the median score difference of the variant from FP32 on the `count`
+    evaluation images whose FP32 scores lie nearest the threshold.
+
+    Only images new to the model can measure it. A quantized backbone moves every feature a
+    little; a distance to what the model was fitted on (Mahalanobis, nearest neighbour) grows
+    by the whole of that move for an image the model was fitted on (its distance is near zero)
+    but by much less for an image already some way off, such as a good part the model never saw
+    at the threshold (the two add roughly in quadrature). On the model's own training images the
+    shift is therefore an upper bound, and a large one: PaDiM at 128 x 128, +160 there on a
+    threshold of 348 against +2 to +14 for test images near the threshold. The test split
+    (labels unused) or validation/good are new to the model; where the evaluation images are the
+    model's own training images (no test split, no validation/good), no shift is applied and the
+    rule says why."""
     from edge.common import oppoint
-    from edge.engines.onnxrt import OrtEngine
-    from train.data import MvtecSet, load_images
-    from train.evaluate import run_engine
 
-    root = (bundle.manifest.get("training") or {}).get("data")
-    if not root or not os.path.isdir(root):
-        return None
-    try:
-        paths = MvtecSet(root).train_good()
-    except EdgeError:
-        return None
-    paths = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int))]
-    images = load_images(paths, Preprocessor.for_bundle(bundle))
-    ref = run_engine(OrtEngine(bundle.graph_path("fp32"), threads=threads), images, batch)[1]
-    scores = run_engine(OrtEngine(variant_path, threads=threads), images, batch)[1]
-    shift = float(np.median(scores.astype(np.float64) - ref))
-    return oppoint.carried_over(bundle.manifest["threshold"], shift, f"{len(paths)} good training images")
+    entry = bundle.manifest["threshold"]
+    thr = float(entry["value"])
+    ref = np.asarray(ref_scores, np.float64)
+    diff = np.asarray(scores, np.float64) - ref
+    if not new_to_model:
+        how = (f"no image new to the model: {where} are the images it was fitted on, whose scores sit below "
+               f"any new image's and move most (median {float(np.median(diff)):+.4g} there); FP32's threshold kept")
+        return oppoint.carried_over(entry, 0.0, how)
+    near = np.argsort(np.abs(ref - thr), kind="stable")[:count]
+    lo, hi = ref[near].min() / thr, ref[near].max() / thr
+    how = (f"the {near.size} of {ref.size} images of {where} (new to the model, labels unused) whose FP32 "
+           f"scores lie nearest the threshold ({lo:.2f}-{hi:.2f} x)")
+    return oppoint.carried_over(entry, float(np.median(diff[near])), how)
 
 
 def compare(bundle, variant_path, images, labels=None, masks=None, batch=8, threads=None, ref=None,
-            own_threshold=None, float_path=None):
+            own=None, float_path=None):
     """FP32 and the variant under ONNX Runtime on the same images: AUROC of both (with labels),
     the largest score and map differences, decisions changed at the bundle's threshold (and at
-    the variant's own threshold, if given). `ref`: FP32 (maps, scores) already computed.
-    `float_path`: the variant's Q/DQ simulated in float (convert.qdq_float); its largest score
-    difference from the variant as ONNX Runtime runs it on this CPU is recorded too."""
+    the variant's own threshold: `own(fp32_scores, variant_scores)` gives it). `ref`: FP32
+    (maps, scores) already computed. `float_path`: the variant's Q/DQ simulated in float
+    (convert.qdq_float); its largest score difference from the variant as ONNX Runtime runs it
+    on this CPU is recorded too. Returns (accuracy, ref, own threshold entry or None)."""
     from edge.engines.onnxrt import OrtEngine
     from edge.common import metrics
     from train.evaluate import run_engine
@@ -285,6 +304,8 @@ def compare(bundle, variant_path, images, labels=None, masks=None, batch=8, thre
     maps, scores, _ = run_engine(eng, images, batch)
     rmaps, rscores = ref
     thr = bundle.threshold
+    own_entry = own(rscores, scores) if own is not None else None
+    own_threshold = own_entry["value"] if own_entry else None
     res = {}
     if float_path is not None:
         fscores = run_engine(OrtEngine(float_path, threads=threads), images, batch)[1]
@@ -307,7 +328,7 @@ def compare(bundle, variant_path, images, labels=None, masks=None, batch=8, thre
         if masks is not None and masks.any():
             p32, p = metrics.auroc(masks, rmaps), metrics.auroc(masks, maps)
             res.update(pixel_auroc_fp32=float(p32), pixel_auroc=float(p))
-    return res, ref
+    return res, ref, own_entry
 
 
 # ---- checks ---------------------------------------------------------------------------
@@ -420,11 +441,10 @@ def _check_variant(bundle, path, precision, trt, eval_data, limits, batch, threa
     with tempfile.TemporaryDirectory(prefix="edge-qdq-float-") as tmp:
         simulated = save_float_simulation(path, os.path.join(tmp, "float.onnx")) if is_quantized(path) else None
         run_path = simulated if (simulated and for_tensorrt) else path
-        own = variant_threshold(bundle, run_path, batch, threads)
-        imgs, labels, masks, where = evaluation_set(bundle, eval_data)
-        acc, ref = compare(bundle, run_path, imgs, labels, masks, batch, threads, ref=ref,
-                           own_threshold=own["value"] if own else None,
-                           float_path=simulated if (simulated and not for_tensorrt) else None)
+        imgs, labels, masks, where, new = evaluation_set(bundle, eval_data, with_newness=True)
+        acc, ref, own = compare(bundle, run_path, imgs, labels, masks, batch, threads, ref=ref,
+                                own=lambda r, v: variant_threshold(bundle, r, v, where, new),
+                                float_path=simulated if (simulated and not for_tensorrt) else None)
     acc["data"] = where
     if simulated and for_tensorrt:
         acc["evaluated_as"] = "Q/DQ simulated in float (the arithmetic TensorRT does)"

@@ -227,9 +227,9 @@ def test_default_budget_refuses_and_force_keeps(bundle_copy, monkeypatch, capsys
     real = q.compare
 
     def flipping(*a, **k):                     # the real evaluation, then 4 of 64 verdicts changed
-        res, ref = real(*a, **k)
+        res, ref, own = real(*a, **k)
         res.update(decisions_changed_own_threshold=4)
-        return res, ref
+        return res, ref, own
 
     monkeypatch.setattr(q, "compare", flipping)
     before = _snapshot(bundle_copy)
@@ -267,6 +267,23 @@ def test_variant_threshold_from_the_same_held_out_images(variants):
         assert "decisions_changed_own_threshold" in entry["accuracy"]
     # FP16 barely moves scores: its own threshold is within 1 % of FP32's.
     assert abs(b.manifest["graphs"]["fp16"]["threshold"]["value"] - b.threshold) <= 0.01 * b.threshold
+
+
+def test_variant_shift_from_images_new_to_the_model():
+    """The variant's threshold moves by its score difference near the threshold on images new to
+    the model, not by the larger one on the images the model was fitted on (scores near zero)."""
+    from convert.quantize import variant_threshold
+
+    class B:
+        manifest = {"threshold": {"value": 100.0, "source": "held-out good images"}}
+
+    ref = np.concatenate([np.full(20, 5.0), np.linspace(60, 140, 40)])
+    var = np.concatenate([ref[:20] + 40.0, ref[20:] + np.where(np.abs(ref[20:] - 100) < 20, 3.0, 10.0)])
+    thr = variant_threshold(B(), ref, var, "set/test", new_to_model=True)
+    assert thr["value"] == pytest.approx(103.0) and "nearest the threshold" in thr["rule"]
+    # Only the model's own training images: no shift can be measured on them; FP32's is kept.
+    thr = variant_threshold(B(), ref[:20], var[:20], "set training good images", new_to_model=False)
+    assert thr["value"] == 100.0 and thr["shift"] == 0 and "no image new to the model" in thr["rule"]
 
 
 def test_sensitive_layers_in_fp16_build_and_simulate(variants, tmp_path):
