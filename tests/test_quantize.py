@@ -193,9 +193,9 @@ def test_max_drop_refuses_and_leaves_bundle_unchanged(bundle_copy, monkeypatch, 
     real = q.compare
 
     def lossy(*a, **k):                        # the real evaluation, then 3 AUROC points lost
-        res, ref = real(*a, **k)
+        res, ref, own = real(*a, **k)
         res.update(image_auroc=res["image_auroc_fp32"] - 0.03, auroc_drop=0.03)
-        return res, ref
+        return res, ref, own
 
     monkeypatch.setattr(q, "compare", lossy)
     before = _snapshot(bundle_copy)
