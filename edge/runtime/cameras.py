@@ -59,7 +59,9 @@ class MultiPipeline:
         self.stopping = threading.Event()
         self.errors = []
         self._threads = []
-        self._view_camera = self.cameras[0].id if self.cameras else None
+        self.identity = {}               # bundle_id, method, engine, precision, version: for the status
+        if view is not None and hasattr(view, "set_cameras"):
+            view.set_cameras([c.id for c in self.cameras])
 
     # ---- control -------------------------------------------------------------------------
     def start(self):
@@ -203,8 +205,8 @@ class MultiPipeline:
         if cam.in_parts:
             d.part_id = str(self.parts.view(cam.id, d, key))
         cam.stats.decision(d, spent, n)
-        if self.view is not None and cam.id == self._view_camera:
-            self.view.update(x, amap, d, thr)
+        if self.view is not None:
+            self.view.update(x, amap, d, thr, camera=cam.id)
         if reject and self.on_reject is not None:
             self.on_reject(cam.id, d)
         save = cam.settings.save
@@ -240,6 +242,25 @@ class MultiPipeline:
         return build(cam.stats.snapshot(), source=cam.source, engine_name=cam.engine_name or "",
                      errors=errors, line=cam.line, threshold=cam.threshold,
                      identity={"camera": cam.id}, ended=bool(self._threads) and not self.running())
+
+    def status(self):
+        """The run's status (RunStatus, version 2): the totals at the top level, each camera's
+        own in `cameras`, the parts seen by several cameras in `parts`."""
+        import dataclasses
+        from ..common.status import Part, build, camera_of, combined, line_part, parts_of
+        per = [(c, self.camera_status(c)) for c in self.cameras]
+        lines = {c.id: st.line for c, st in per if c.line is not None}
+        if self.parts is not None and self.parts.line is not None:
+            lines["parts"] = line_part(self.parts.line)
+        ln = combined(lines) if lines else Part(None, "none", "no line outputs configured")
+        engines = sorted({c.engine_name for c in self.cameras if c.engine_name})
+        st = build(Stats.merged([c.stats for c in self.cameras]), engine_name=", ".join(engines),
+                   errors=self.errors, identity=self.identity, ended=bool(self._threads) and not self.running(),
+                   source_state=combined({c.id: s.source for c, s in per}, absent="starting"), line_state=ln)
+        gaps = sum(int(c.line.stats().get("gaps", 0)) for c in self.cameras if c.line is not None)
+        return dataclasses.replace(
+            st, faults=len(self.errors) + gaps, cameras=[camera_of(c.id, c.group, s) for c, s in per],
+            parts=parts_of(self.parts.stats(), self.parts.cameras) if self.parts is not None else None)
 
     def snapshot(self):
         """Plain data: {"cameras": {id: {...}}, "total": {...}, "parts": {...} or None}."""

@@ -64,8 +64,10 @@ def open_cameras(cfg):
             opened["joiner"] = _joiner(cfg.parts, opened)
         if top.view:
             from ..view.server import LiveView
-            opened["view"] = LiveView(top.view.host, top.view.port)
+            opened["view"] = LiveView(top.view.host, top.view.port, token=top.view.token,
+                                      store=opened.get("store"), gallery=top.view.gallery)
             opened["view"].start()
+            log.info(f"edge run: live view on {opened['view'].url} ({opened['view'].access()})")
         for src in opened["sources"].values():
             src.start()
     except BaseException:
@@ -94,6 +96,20 @@ def _joiner(parts, opened):
             for ev in line.events():
                 store is not None and store.event(f"line_{ev.get('kind')}", dict(ev, camera="parts"))
     return PartJoiner(parts, line, record, counter).start()
+
+
+def identity(cameras, cfg):
+    """What the status and the metrics name the run by: each value once, in camera order."""
+    from .. import __version__
+
+    def each(values):
+        return ", ".join(dict.fromkeys(str(v) for v in values))
+    precision = {c.id: c.run.engine.precision for c in cfg.cameras}
+    return {"bundle_id": each(c.bundle.id for c in cameras),
+            "bundle": each(os.path.basename(os.path.realpath(c.bundle.path)) for c in cameras),
+            "method": each(c.bundle.method for c in cameras), "engine": each(c.engine_name for c in cameras),
+            "precision": each(precision[c.id] for c in cameras), "version": __version__,
+            "cameras": len(cameras)}
 
 
 def close_all(opened):
@@ -150,9 +166,11 @@ def run_cameras(cfg, args):
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     view = opened.get("view")
 
+    pipe.identity = identity(opened["cameras"], cfg)
+
     def status(snap):
-        if view is not None:                          # the page shows the first camera (one RunStatus)
-            view.set_status(pipe.camera_status(first))
+        if view is not None:                          # every camera and the parts (RunStatus version 2)
+            view.set_status(pipe.status())
         if not quiet:
             for cid, s in snap["cameras"].items():
                 log.info(format_camera(cid, s), extra={"data": s})
@@ -178,6 +196,8 @@ def run_cameras(cfg, args):
         for s, h in old.items():
             signal.signal(s, h)
         summary = pipe.snapshot()
+        if view is not None:
+            view.set_status(pipe.status())
         if store is not None:
             try:
                 store.end_run(dict(summary["total"], cameras=summary["cameras"], parts=summary["parts"], error=error))
