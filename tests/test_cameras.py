@@ -87,6 +87,8 @@ def test_camera_mqtt_topics_carry_the_camera_id():
     ({"bundle": "b", "cameras": [{"id": "a", "source": "x://"}, {"id": "c", "source": "y://"}],
       "parts": {"cameras": ["a", "c"], "id": {"source": "modbus"}}}, "parts.id.host"),
     ({"bundle": "b", "batch_wait_ms": -1, "cameras": [{"id": "a", "source": "x://"}]}, "config.batch_wait_ms"),
+    ({"bundle": "b", "engine_workers": 0, "cameras": [{"id": "a", "source": "x://"}]}, "config.engine_workers"),
+    ({"bundle": "b", "engine_workers": "many", "cameras": [{"id": "a", "source": "x://"}]}, "config.engine_workers"),
 ])
 def test_bad_camera_config_names_the_key(raw, where):
     with pytest.raises(EdgeError) as err:
@@ -119,6 +121,46 @@ def test_frames_of_cameras_sharing_a_bundle_go_into_one_engine_call(bundles):
     assert calls[0][0] == ["a0", "c0", "a1", "a2"]             # round-robin, one call of four
     assert calls[0][1][0] == 4 and calls[0][2] == (4,)
     assert len(calls) == 1 and batcher.calls == 1 and batcher.frames == 4
+
+
+def test_engine_calls_side_by_side_keep_each_cameras_order(bundles):
+    """Two workers take batches of one shared engine at once; every frame is handed on once, and
+    batches in the order they were formed, so each camera's frames stay in capture order."""
+    b = Bundle(bundles[0])
+    engine = OrtEngine(b.graph_path(), threads=1)
+    h, w = b.input_hw
+    batcher = Batcher(engine, 3, wait_s=0)
+    feeds = [batcher.feed(cid, 4, "inspect-all") for cid in ("a", "c")]
+    got, lock = [], threading.Lock()
+
+    def deliver(items, maps, scores, spent):
+        with lock:
+            got.append([it[0] for _, it in items])
+    workers = [threading.Thread(target=batcher.run, args=(deliver,)) for _ in range(2)]
+    for t in workers:
+        t.start()
+    rng = np.random.default_rng(0)
+    for i in range(30):                      # the captures: frames of varied content, two cameras
+        for f in feeds:
+            f.put(((f.camera, i), rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
+    for f in feeds:
+        f.close()
+    for t in workers:
+        t.join(120)
+    assert not any(t.is_alive() for t in workers)
+    order = [label for batch in got for label in batch]
+    for cid in ("a", "c"):
+        assert [i for c, i in order if c == cid] == list(range(30))
+    assert batcher.calls == len(got) and batcher.frames == 60
+
+
+def test_engine_plan():
+    from edge.runtime.run_cameras import engine_plan
+    assert engine_plan("onnxruntime", None, None, cores=2) == (2, 1)       # one single-threaded call per core
+    assert engine_plan("onnxruntime", None, None, cores=16) == (4, 4)
+    assert engine_plan("onnxruntime", 2, None, cores=2) == (1, 2)          # engine.threads given: kept
+    assert engine_plan("onnxruntime", None, 1, cores=2) == (1, 2)          # engine_workers given: kept
+    assert engine_plan("tensorrt", None, None, cores=8) == (1, None)       # one execution context
 
 
 # ---- parts ------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@ threshold, line timing and outputs; cameras that share a bundle (and engine sett
 engine, loaded once, and one batcher (edge.runtime.batcher) that puts their frames into one
 engine call. Every record, event and status entry names its camera.
 
-Stages: a capture thread per camera -> a batcher thread per engine -> a decide thread per
-engine -> one record thread. A camera that is lost is its own outage: its own event, its own
+Stages: a capture thread per camera -> a batcher thread per engine (or several: engine calls in
+flight at once, e.g. one per CPU core) -> a decide thread per engine -> one record thread. A camera that is lost is its own outage: its own event, its own
 line's fault and fail-safe; the other cameras go on. Parts seen by several cameras are joined
 by edge.runtime.parts."""
 
@@ -47,8 +47,9 @@ class MultiPipeline:
         self.store, self.view, self.parts, self.on_reject = store, view, parts, on_reject
         self.cameras = []
         self.groups = []
-        for gi, (engine, batch, cams) in enumerate(groups):
+        for gi, (engine, batch, cams, *more) in enumerate(groups):
             b = Batcher(engine, batch, batch_wait_ms / 1000)
+            b.workers = max(1, int(more[0])) if more else 1     # engine calls in flight at once
             for cam in cams:
                 cam.feed = b.feed(cam.id, cam.settings.queue_size, cam.settings.mode)
                 cam.group = gi
@@ -68,7 +69,8 @@ class MultiPipeline:
         stages = [(f"capture-{c.id}", self._capture, (c,), [c], None) for c in self.cameras]
         for gi, (b, dq) in enumerate(self.groups):
             cams = [c for c in self.cameras if c.group == gi]
-            stages += [(f"infer-{gi}", self._infer, (b, dq), cams, gi), (f"decide-{gi}", self._decide, (dq,), cams, gi)]
+            stages += [(f"infer-{gi}", self._infer, (b, dq), cams, gi) for _ in range(b.workers)]
+            stages.append((f"decide-{gi}", self._decide, (dq, b.workers), cams, gi))
         stages.append(("record", self._record, (), self.cameras, None))
         for stage in stages:
             t = threading.Thread(target=self._guard, args=stage, name=f"edge-{stage[0]}", daemon=True)
@@ -174,11 +176,15 @@ class MultiPipeline:
         finally:
             dq.put(_END)
 
-    def _decide(self, dq):
+    def _decide(self, dq, workers=1):
+        ends = 0
         try:
             while True:
                 got = dq.get()
                 if got is _END:
+                    ends += 1
+                    if ends < workers:
+                        continue
                     break
                 items, maps, scores, spent = got
                 n = len(items)

@@ -17,12 +17,26 @@ def engine_key(run):
     return (os.path.realpath(run.bundle), e.kind, e.precision, e.batch, e.threads)
 
 
+def engine_plan(kind, threads, workers, cores=None):
+    """(engine calls in flight, intra-op threads per call) for a shared engine. ONNX Runtime on
+    the CPU: by default one single-threaded call per core (up to 4) -- a call's own threads
+    leave cores idle between operators, whereas calls side by side keep them busy; `threads`
+    (engine.threads) and `workers` (engine_workers) given are kept. TensorRT: one call at a time
+    (its execution context is not shared between threads)."""
+    from ..engines import resolve_kind
+    if resolve_kind(kind) != "onnxruntime":
+        return 1, threads
+    cores = cores or os.cpu_count() or 1
+    workers = workers or max(1, min(4, cores // (threads or 1)))
+    return workers, threads or max(1, cores // workers)
+
+
 def open_cameras(cfg):
     """Everything a MultiRunConfig names, opened; returns a dict for close_all on failure or end."""
     from ..bundle.manifest import Bundle
     from ..engines import open_engine
     from ..sources import open_source
-    opened = {"bundles": {}, "engines": {}, "sources": {}, "lines": {}, "cameras": [], "groups": {}}
+    opened = {"bundles": {}, "engines": {}, "workers": {}, "sources": {}, "lines": {}, "cameras": [], "groups": {}}
     try:
         for cam in cfg.cameras:
             run = cam.run
@@ -34,7 +48,9 @@ def open_cameras(cfg):
             key = engine_key(run)
             if key not in opened["engines"]:
                 e = run.engine
-                opened["engines"][key] = open_engine(bundle, e.kind, e.precision, batch=e.batch, threads=e.threads)
+                workers, threads = engine_plan(e.kind, e.threads, cfg.engine_workers)
+                opened["engines"][key] = open_engine(bundle, e.kind, e.precision, batch=e.batch, threads=threads)
+                opened["workers"][key] = workers
             engine = opened["engines"][key]
             options = dict(run.source.options)
             if run.mode == "latest":
@@ -53,7 +69,7 @@ def open_cameras(cfg):
             c = Camera(cam.id, opened["sources"][cam.id], pre, threshold, run.pipeline(), line)
             c.bundle, c.engine_name = bundle, engine.name
             opened["cameras"].append(c)
-            opened["groups"].setdefault(key, (engine, run.engine.batch, []))[2].append(c)
+            opened["groups"].setdefault(key, (engine, run.engine.batch, [], opened["workers"][key]))[2].append(c)
         top = cfg.top
         if top.records.db:
             from ..records.store import RecordStore
@@ -177,7 +193,8 @@ def run_cameras(cfg, args):
 
     for c in opened["cameras"]:
         log.info(f"edge run: camera {c.id}: {c.bundle.method} bundle {c.bundle.path} on {c.engine_name}, "
-                 f"source {c.source.describe()}, threshold {c.threshold:.4g}, engine group {c.group}")
+                 f"source {c.source.describe()}, threshold {c.threshold:.4g}, engine group {c.group} "
+                 f"({pipe.groups[c.group][0].workers} engine calls at once)")
     error = summary = None
     import time
     try:
