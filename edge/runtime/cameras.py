@@ -9,12 +9,14 @@ line's fault and fail-safe; the other cameras go on. Parts seen by several camer
 by edge.runtime.parts."""
 
 import logging
+import math
 import queue
 import threading
 import time
 
 import numpy as np
 
+from ..common.errors import EdgeError
 from ..sources import SourceEnded
 from .batcher import Batcher
 from .pipeline import Stats
@@ -177,6 +179,7 @@ class MultiPipeline:
             dq.put(_END)
 
     def _decide(self, dq, workers=1):
+        cam_of = {id(c.feed): c for c in self.cameras}
         ends = 0
         try:
             while True:
@@ -189,13 +192,16 @@ class MultiPipeline:
                 items, maps, scores, spent = got
                 n = len(items)
                 for i, (feed, (frame, x, key)) in enumerate(items):
-                    cam = next(c for c in self.cameras if c.feed is feed)
+                    cam = cam_of[id(feed)]
                     self._decide_one(cam, frame, x, key, maps[i], float(scores[i]), spent, n)
         finally:
             self.q_rec.put(_END)
 
     def _decide_one(self, cam, frame, x, key, amap, score, spent, n):
         thr = cam.threshold
+        if not (math.isfinite(score) and np.isfinite(amap).all()):   # NaN passes every `>=`
+            raise EdgeError(f"engine returned a non-finite {'score' if not math.isfinite(score) else 'anomaly map'} "
+                            f"for camera {cam.id} frame {frame.seq} (score {score}): a fault, never a pass")
         area = float(np.count_nonzero(amap >= thr)) / amap.size
         over = score >= thr
         reject = over and area >= cam.min_area
