@@ -140,7 +140,7 @@ class Batcher:
             if not waiting or left <= 0:
                 break
             self.cond.wait(left)
-            self._take(items, given)
+            self._take(items, given, self._limit())
         return items
 
     def run(self, deliver, inputs_of=lambda item: item[1]):

@@ -4,8 +4,9 @@ engine, loaded once, and one batcher (edge.runtime.batcher) that puts their fram
 engine call. Every record, event and status entry names its camera.
 
 Stages: a capture thread per camera -> a batcher thread per engine (or several: engine calls in
-flight at once, e.g. one per CPU core) -> a decide thread per engine -> one record thread. A camera that is lost is its own outage: its own event, its own
-line's fault and fail-safe; the other cameras go on. Parts seen by several cameras are joined
+flight at once, e.g. one per CPU core) -> a decide thread per engine -> one record thread. A
+camera that is lost is its own outage: its own event, its own line's fault and fail-safe; the
+other cameras go on. Parts seen by several cameras are joined
 by edge.runtime.parts."""
 
 import logging
