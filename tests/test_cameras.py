@@ -450,6 +450,7 @@ def test_live_page_shows_every_camera_and_the_parts(bundles, tmp_path):
         dom = chromium(base + "/?mode=snapshot", "--dump-dom")
         assert dot(dom, "tile_lane2") == "dot bad" and figure(dom, "tile_lane2_state") == "camera lost"
         assert 'class="tile lost" id="tile_lane2"' in dom and dot(dom, "tile_top") == "dot ok"
+        assert re.search(r"last frame [\d.]+ s ago", figure(dom, "tile_lane2_lat"))
         chromium(base + "/?mode=snapshot", f"--screenshot={shots / 'cameras-lost-1366x768.png'}")
         print(f"\nscreenshots: {shots}")
     finally:

@@ -271,8 +271,12 @@ class MultiPipeline:
                    errors=self.errors, identity=self.identity, ended=bool(self._threads) and not self.running(),
                    source_state=combined({c.id: s.source for c, s in per}, absent="starting"), line_state=ln)
         gaps = sum(int(c.line.stats().get("gaps", 0)) for c in self.cameras if c.line is not None)
+        totals = {k: sum(getattr(s, k) for _, s in per) for k in ("frames", "captured", "rejects", "drops", "late",
+                                                                  "outages")}
+        totals["fps"] = round(sum(s.fps for _, s in per), 2)      # the counts are the cameras' own, summed
+        totals["reject_rate"] = round(totals["rejects"] / totals["frames"], 4) if totals["frames"] else 0.0
         return dataclasses.replace(
-            st, faults=len(self.errors) + gaps, cameras=[camera_of(c.id, c.group, s) for c, s in per],
+            st, faults=len(self.errors) + gaps, **totals, cameras=[camera_of(c.id, c.group, s) for c, s in per],
             parts=parts_of(self.parts.stats(), self.parts.cameras) if self.parts is not None else None)
 
     def snapshot(self):
