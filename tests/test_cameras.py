@@ -462,3 +462,8 @@ def test_live_page_shows_every_camera_and_the_parts(bundles, tmp_path):
             server.stop()
     assert proc.returncode == 0, err
     assert "live view on http://127.0.0.1" in err
+    summary = json.loads(rows(tmp_path / "r.db", "SELECT summary FROM runs")[0][0])
+    assert summary.pop("error") is None and summary.pop("batching")["engine_calls"] > 0
+    final = RunStatus.from_dict(summary)                      # the records keep the status contract
+    assert [c.id for c in final.cameras] == ["top", "side", "lane2"] and final.cameras[2].outages >= 1
+    assert final.parts.parts > 0 and final.frames == sum(c.frames for c in final.cameras)

@@ -187,6 +187,9 @@ def run_cameras(cfg, args):
     def status(snap):
         if view is not None:                          # every camera and the parts (RunStatus version 2)
             view.set_status(pipe.status())
+        for c in opened["cameras"]:                   # a camera's telemetry topic: its own status
+            if c.line is not None:
+                c.line.telemetry(pipe.camera_status(c).to_dict())
         if not quiet:
             for cid, s in snap["cameras"].items():
                 log.info(format_camera(cid, s), extra={"data": s})
@@ -213,11 +216,14 @@ def run_cameras(cfg, args):
         for s, h in old.items():
             signal.signal(s, h)
         summary = pipe.snapshot()
+        final = pipe.status()
         if view is not None:
-            view.set_status(pipe.status())
+            view.set_status(final)
         if store is not None:
-            try:
-                store.end_run(dict(summary["total"], cameras=summary["cameras"], parts=summary["parts"], error=error))
+            try:                                      # the status contract, as a single-camera run's
+                t = summary["total"]
+                store.end_run(dict(final.to_dict(), error=error,
+                                   batching={"engine_calls": t["engine_calls"], "mean_batch": t["mean_batch"]}))
             except Exception as exc:
                 log.error("edge run: cannot end the run in the records: %s", exc)
         close_all(opened)
