@@ -7,6 +7,8 @@ and 4 cameras (looping folder sources), under ONNX Runtime FP32 and INT8, in ins
           4 separate single-camera runs side by side (4 processes, each the single-camera
           pipeline of `edge run` with its default engine settings), for the batching gain; and
           the CPU time per frame of both, which other load on the machine hardly changes.
+First, per precision, the engine's CPU time per frame by batch size (one single-threaded call
+at a time, the calling thread's CPU time: what batching saves on a CPU, whatever the load).
 Each measurement runs in its own process; each row gives the machine's load average when it
 ended (the machine may be shared: compare rows of one run). Writes bench-out/cameras.json.
 
@@ -101,6 +103,26 @@ def single(spec):
             "cpu_s": cpu, "frames": snap["decided"]}
 
 
+def engine_cpu(bundle, precision, sizes=(1, 2, 4, 8), seconds=1.5):
+    """{batch: CPU ms per frame} of single-threaded engine calls."""
+    import numpy as np
+    from edge.bundle.manifest import Bundle
+    from edge.engines import open_engine
+    b = Bundle(bundle)
+    h, w = b.input_hw
+    out = {}
+    with open_engine(b, "onnxruntime", precision, batch=max(sizes), threads=1) as eng:
+        for n in sizes:
+            x = np.random.default_rng(0).integers(0, 255, (n, h, w, 3), dtype=np.uint8)
+            eng.infer(x)
+            t0, k = time.thread_time(), 0
+            while time.thread_time() - t0 < seconds:
+                eng.infer(x)
+                k += 1
+            out[n] = 1000 * (time.thread_time() - t0) / (k * n)
+    return out
+
+
 def _cpu_s():
     """CPU seconds this process has used (all its threads): unlike frames/s, hardly changed by
     other programs on the machine."""
@@ -161,6 +183,10 @@ def main():
     print(f"{'prec':5} {'cams':>4} {'mode':6} {'fps/cam':>16} {'total':>7} {'p50 ms/cam':>22} "
           f"{'p99 ms/cam':>22} {'batch':>5} {'load':>5}  pace")
     for prec in a.precisions.split(","):
+        cpu = engine_cpu(a.bundle, prec)
+        rows.append({"precision": prec, "engine_cpu_ms_per_frame_by_batch": cpu})
+        print(f"{prec:5} engine CPU per frame, single-threaded, by batch size: "
+              + ", ".join(f"{n}: {v:.1f} ms" for n, v in cpu.items()), flush=True)
         for n in map(int, a.counts.split(",")):
             for fps in (PACE, 0):
                 r = measure(dict(base, precision=prec, cameras=n, fps=fps))
