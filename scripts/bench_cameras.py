@@ -202,7 +202,7 @@ def main():
         procs = [_spawn(dict(base, precision=prec, cameras=1, fps=0, single=True)) for _ in range(4)]
         sep = [_result(p) for p in procs]
         sep_total = sum(s["total_fps"] for s in sep)
-        one = next(r for r in rows if r["precision"] == prec and r["n"] == 4 and not r["paced"])
+        one = next(r for r in rows if r["precision"] == prec and r.get("n") == 4 and not r.get("paced"))
         cpu_one = 1000 * one["cpu_s"] / max(1, one["frames"])
         cpu_sep = 1000 * sum(s["cpu_s"] for s in sep) / max(1, sum(s["frames"] for s in sep))
         rows.append({"precision": prec, "separate_4_total_fps": sep_total, "ratio": one["total_fps"] / sep_total,
