@@ -304,3 +304,18 @@ def test_oversized_manifest_and_key_are_refused_by_name(toy, tmp_path):
     key.write_bytes(b"  \n")
     with pytest.raises(EdgeError, match="not a key file"):
         signing.load_public_key(str(key))
+
+
+def test_nan_scores_fault_a_run_with_several_cameras(nan_bundle, tmp_path, capfd):
+    db = tmp_path / "r.db"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(json.dumps({"bundle": nan_bundle, "records": {"db": str(db)},
+                               "cameras": [{"id": "a", "source": GOOD}, {"id": "b", "source": GOOD}]}))
+    rc, err, _ = run_cli(capfd, "run", cfg, "--quiet")
+    assert rc == 3 and "non-finite" in err[-1], err
+    con = sqlite3.connect(db)
+    try:
+        passed = con.execute("SELECT COUNT(*) FROM records WHERE reject = 0").fetchone()[0]
+    finally:
+        con.close()
+    assert passed == 0

@@ -6,6 +6,7 @@ again mid-run) with parts tied together by a trigger number read from a Modbus P
 import collections
 import json
 import os
+import re
 import threading
 import time
 
@@ -86,6 +87,8 @@ def test_camera_mqtt_topics_carry_the_camera_id():
     ({"bundle": "b", "cameras": [{"id": "a", "source": "x://"}, {"id": "c", "source": "y://"}],
       "parts": {"cameras": ["a", "c"], "id": {"source": "modbus"}}}, "parts.id.host"),
     ({"bundle": "b", "batch_wait_ms": -1, "cameras": [{"id": "a", "source": "x://"}]}, "config.batch_wait_ms"),
+    ({"bundle": "b", "engine_workers": 0, "cameras": [{"id": "a", "source": "x://"}]}, "config.engine_workers"),
+    ({"bundle": "b", "engine_workers": "many", "cameras": [{"id": "a", "source": "x://"}]}, "config.engine_workers"),
 ])
 def test_bad_camera_config_names_the_key(raw, where):
     with pytest.raises(EdgeError) as err:
@@ -118,6 +121,46 @@ def test_frames_of_cameras_sharing_a_bundle_go_into_one_engine_call(bundles):
     assert calls[0][0] == ["a0", "c0", "a1", "a2"]             # round-robin, one call of four
     assert calls[0][1][0] == 4 and calls[0][2] == (4,)
     assert len(calls) == 1 and batcher.calls == 1 and batcher.frames == 4
+
+
+def test_engine_calls_side_by_side_keep_each_cameras_order(bundles):
+    """Two workers take batches of one shared engine at once; every frame is handed on once, and
+    batches in the order they were formed, so each camera's frames stay in capture order."""
+    b = Bundle(bundles[0])
+    engine = OrtEngine(b.graph_path(), threads=1)
+    h, w = b.input_hw
+    batcher = Batcher(engine, 3, wait_s=0)
+    feeds = [batcher.feed(cid, 4, "inspect-all") for cid in ("a", "c")]
+    got, lock = [], threading.Lock()
+
+    def deliver(items, maps, scores, spent):
+        with lock:
+            got.append([it[0] for _, it in items])
+    workers = [threading.Thread(target=batcher.run, args=(deliver,)) for _ in range(2)]
+    for t in workers:
+        t.start()
+    rng = np.random.default_rng(0)
+    for i in range(30):                      # the captures: frames of varied content, two cameras
+        for f in feeds:
+            f.put(((f.camera, i), rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
+    for f in feeds:
+        f.close()
+    for t in workers:
+        t.join(120)
+    assert not any(t.is_alive() for t in workers)
+    order = [label for batch in got for label in batch]
+    for cid in ("a", "c"):
+        assert [i for c, i in order if c == cid] == list(range(30))
+    assert batcher.calls == len(got) and batcher.frames == 60
+
+
+def test_engine_plan():
+    from edge.runtime.run_cameras import engine_plan
+    assert engine_plan("onnxruntime", None, None, cores=2) == (2, 1)       # one single-threaded call per core
+    assert engine_plan("onnxruntime", None, None, cores=16) == (4, 4)
+    assert engine_plan("onnxruntime", 2, None, cores=2) == (1, 2)          # engine.threads given: kept
+    assert engine_plan("onnxruntime", None, 1, cores=2) == (1, 2)          # engine_workers given: kept
+    assert engine_plan("tensorrt", None, None, cores=8) == (1, None)       # one execution context
 
 
 # ---- parts ------------------------------------------------------------------------------------
@@ -331,3 +374,96 @@ def test_edge_check_reads_a_cameras_configuration(tmp_path):
     bundle, engine, db, url = _from_config(str(path))
     assert (bundle, db, url) == (str(tmp_path / "b"), str(tmp_path / "r.db"), "http://127.0.0.1:8088/healthz")
     assert engine["kind"] == "auto"
+
+
+def test_live_page_shows_every_camera_and_the_parts(bundles, tmp_path):
+    """A real `edge run` with three cameras and the live view: headless Chromium sees a tile per
+    camera (its frame, figures and state), the part verdicts with their fail-safe, and the RTSP
+    camera's outage on its own tile once it is stopped."""
+    import signal
+    import subprocess
+    import sys
+    import cv2
+    from edge.common.status import RunStatus
+    from tests.gst_servers import RtspServer, free_port, require_gst
+    from tests.helpers import ROOT
+    from tests.test_operator_screen import CHROMIUM, chromium, dot, figure, get, wait
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed")
+    require_gst("videotestsrc", "videoconvert", "appsink")
+    server = RtspServer(port=free_port()).start()          # skips when GstRtspServer is missing
+    port = free_port()
+    shared, own = bundles
+    cfg = {"bundle": shared, "mode": "latest", "status_every_s": 0.5, "batch_wait_ms": 20,
+           "records": {"db": str(tmp_path / "r.db"), "save": "none"}, "view": {"port": port},
+           "cameras": [
+               {"id": "top", "source": GST.format(p="ball", fps=10), "decision": {"threshold": 1e12}},
+               {"id": "side", "source": GST.format(p="snow", fps=3), "decision": {"threshold": 1e12}},
+               {"id": "lane2", "bundle": own, "decision": {"threshold": -1e12},
+                "source": {"uri": server.url, "options": {"transport": "tcp", "latency_ms": 1, "stall_s": 2,
+                                                          "reconnect": {"initial_s": 0.5, "max_s": 1}}}}],
+           # side gives a view a third as often as top: top's other parts miss it at the deadline
+           "parts": {"cameras": ["top", "side"], "deadline_ms": 300}}
+    (tmp_path / "run.yaml").write_text(json.dumps(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", str(tmp_path / "run.yaml"), "--quiet"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def status():
+        code, body = get(base + "/status.json")
+        return json.loads(body) if code == 200 else {}
+
+    def ready():
+        s = status().get("status") or {}
+        return (len(s.get("cameras", [])) == 3 and all(c["frames"] > 0 for c in s["cameras"])
+                and (s.get("parts") or {}).get("failsafe", 0) > 0)
+    try:
+        wait(lambda: get(base + "/healthz")[0] == 200, what="/healthz 200", proc=proc)
+        wait(ready, what="every camera decided and a fail-safe part", proc=proc)
+        st = RunStatus.from_dict(status()["status"])
+        assert [c.id for c in st.cameras] == ["top", "side", "lane2"] and st.version == 2
+        assert st.frames == sum(c.frames for c in st.cameras) and st.identity["cameras"] == 3
+        assert {c.group for c in st.cameras if c.id != "lane2"} == {0} and st.cameras[2].group == 1
+        assert any(p.failsafe and p.missing == ["side"] and p.reject for p in st.parts.recent)
+        for cid in ("top", "side", "lane2"):
+            code, jpeg = get(f"{base}/camera/{cid}.jpg")
+            assert code == 200 and cv2.imdecode(np.frombuffer(jpeg, np.uint8), 1) is not None
+        assert get(base + "/camera/nope.jpg")[0] == 404
+
+        dom = chromium(base + "/?mode=snapshot", "--dump-dom")
+        assert '<body class="multi">' in dom
+        for cid in ("top", "side", "lane2"):
+            assert dot(dom, f"tile_{cid}") == "dot ok" and figure(dom, f"tile_{cid}_state") == "streaming"
+            assert re.match(r"[\d.]+ /s · [\d,]+ frames", figure(dom, f"tile_{cid}_figs")), cid
+            assert f'id="tile_{cid}_img"' in dom and f'src="/camera/{cid}.jpg' in dom
+        assert figure(dom, "tile_lane2_verdict").startswith("REJECT #")        # threshold below every score
+        assert figure(dom, "tile_top_verdict").startswith("OK #")
+        assert "REJECT (fail-safe)" in dom and "side missing" in dom and "failsafe:missing:side" in dom
+        assert re.search(r'id="parts_counts">\(top \+ side: [\d,]+ decided', dom)
+        shots = tmp_path / "screenshots"
+        shots.mkdir()
+        chromium(base + "/?mode=snapshot", f"--screenshot={shots / 'cameras-1366x768.png'}")
+
+        server.stop()                                          # the RTSP camera goes away mid-run
+        wait(lambda: get(base + "/healthz")[0] == 503, what="/healthz 503 after lane2 stopped")
+        assert b"camera lost (lane2)" in get(base + "/healthz")[1]
+        dom = chromium(base + "/?mode=snapshot", "--dump-dom")
+        assert dot(dom, "tile_lane2") == "dot bad" and figure(dom, "tile_lane2_state") == "camera lost"
+        assert 'class="tile lost" id="tile_lane2"' in dom and dot(dom, "tile_top") == "dot ok"
+        assert re.search(r"last frame [\d.]+ s ago", figure(dom, "tile_lane2_lat"))
+        chromium(base + "/?mode=snapshot", f"--screenshot={shots / 'cameras-lost-1366x768.png'}")
+        print(f"\nscreenshots: {shots}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            server.stop()
+    assert proc.returncode == 0, err
+    assert "live view on http://127.0.0.1" in err
+    summary = json.loads(rows(tmp_path / "r.db", "SELECT summary FROM runs")[0][0])
+    assert summary.pop("error") is None and summary.pop("batching")["engine_calls"] > 0
+    final = RunStatus.from_dict(summary)                      # the records keep the status contract
+    assert [c.id for c in final.cameras] == ["top", "side", "lane2"] and final.cameras[2].outages >= 1
+    assert final.parts.parts > 0 and final.frames == sum(c.frames for c in final.cameras)

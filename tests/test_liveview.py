@@ -17,7 +17,7 @@ import pytest
 
 from edge.common.errors import EdgeError
 from edge.view.server import BOUNDARY, LiveView
-from edge.common.status import Part, Percentiles, RunStatus
+from edge.common.status import STATUS_VERSION, Part, Percentiles, RunStatus
 from edge.runtime.types import Decision
 
 STATUS = RunStatus(fps=12.5, latency_ms=Percentiles(31.2, 48.9, 60.0), frames=1234, rejects=7, drops=3, late=2,
@@ -93,8 +93,10 @@ def test_http_endpoints(view):
     assert json.loads(get(view, "/status.json")[2])["health"]["ok"] is False
     view.set_status(dataclasses.replace(STATUS, source=Part(False, "camera lost")))
     assert get(view, "/healthz")[:3:2] == (503, b"source: camera lost\n")
-    with pytest.raises(EdgeError, match="version 2 not understood"):
-        view.set_status(dict(STATUS.to_dict(), version=2))
+    with pytest.raises(EdgeError, match=f"version {STATUS_VERSION + 1} not understood"):   # newer than this code
+        view.set_status(dict(STATUS.to_dict(), version=STATUS_VERSION + 1))
+    with pytest.raises(EdgeError, match="unknown keys cameras"):       # version 1 has no cameras
+        view.set_status(dict(STATUS.to_dict(), cameras=[]))
     assert get(view, "/nothing")[0] == 404
     code, ctype, page = get(view, "/")
     assert code == 200 and ctype.startswith("text/html") and b"/status.json" in page

@@ -2,12 +2,14 @@
 and the figures are those of the run's status; the token guards it off loopback."""
 
 import base64
+import json
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from edge.common.errors import EdgeError
 from edge.common.status import Part, Percentiles, RunStatus
 from edge.runtime.types import Decision
 from edge.view.server import LiveView
@@ -106,3 +108,29 @@ def test_edge_check_reads_the_status_contract():
         view.set_status(RunStatus(frames=1300, source=Part(False, "camera lost")))
         with pytest.raises(CheckFailed, match=r"-> 503 source: camera lost; 1,300 frames.*camera camera lost"):
             check_url(f"http://127.0.0.1:{view.port}/healthz")
+
+
+def test_several_cameras_in_the_status_and_the_metrics():
+    """Version 2 of the contract: cameras and parts survive the round trip through /status.json,
+    /metrics names each camera; a status without them is still written as version 1."""
+    from edge.common.status import CameraStatus, PartsStatus, PartVerdict
+    single = RunStatus(frames=3)
+    assert single.to_dict()["version"] == 1 and "cameras" not in single.to_dict()
+    cams = [CameraStatus("top", frames=10, rejects=1, fps=4.5, source=Part(True, "streaming")),
+            CameraStatus("side", frames=7, drops=2, outages=1, group=0, source=Part(False, "camera lost"))]
+    parts = PartsStatus(cameras=["top", "side"], parts=5, rejects=2, failsafe=1,
+                        recent=[PartVerdict(4, True, "failsafe:missing:side", {"top": [9]}, {"top": False}, ["side"], 400.0)])
+    st = RunStatus(frames=17, cameras=cams, parts=parts, source=Part(False, "camera lost (side)"))
+    d = json.loads(json.dumps(st.to_dict()))
+    assert d["version"] == 2 and RunStatus.from_dict(d) == st
+    assert RunStatus.from_dict(d).parts.recent[0].failsafe
+    with pytest.raises(EdgeError, match=r"status.cameras\[\]: unknown keys colour"):
+        RunStatus.from_dict(dict(d, cameras=[dict(d["cameras"][0], colour=1)]))
+    with LiveView(port=0) as view:
+        view.set_status(d)
+        code, _, body = fetch(view.port, "/metrics")
+    fams = {f.name: f for f in parser.text_string_to_metric_families(body.decode())}
+    per = {(f.name, s.labels.get("camera")): s.value for f in fams.values() for s in f.samples if "camera" in s.labels}
+    assert per[("edge_camera_frames", "top")] == 10 and per[("edge_camera_drops", "side")] == 2
+    assert per[("edge_camera_source_ok", "side")] == 0 and per[("edge_camera_fps", "top")] == 4.5
+    assert fams["edge_parts_failsafe"].samples[0].value == 1 and fams["edge_up"].samples[0].value == 0

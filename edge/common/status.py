@@ -16,7 +16,13 @@ records' run summary all read this one shape (RunStatus.to_dict()); a reader che
                               "precision": "fp32", "version": "0.x"}}
 
 `ok` of a part is true (working), false (fault) or null (not present). The run is healthy
-when no fault is active and no part is false."""
+when no fault is active and no part is false.
+
+Version 2 adds what a run with several cameras publishes: `cameras`, a CameraStatus per camera
+(its own counters, fps, latency, threshold, source and line), and `parts`, a PartsStatus (the
+counts and the last part verdicts, each naming its views and the cameras that missed the
+deadline). The top-level figures are then the run's totals. A status without them (one camera)
+is written as version 1, exactly as before, so readers of version 1 keep reading it."""
 
 import dataclasses
 import time
@@ -25,7 +31,8 @@ from typing import List, Optional
 
 from .errors import EdgeError
 
-STATUS_VERSION = 1
+STATUS_VERSION = 2
+_V2_KEYS = ("cameras", "parts")
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,81 @@ class Percentiles:
     p50: float = 0.0
     p95: float = 0.0
     p99: float = 0.0
+
+
+@dataclass(frozen=True)
+class CameraStatus:
+    """One camera of a run with several (version 2)."""
+    id: str
+    frames: int = 0
+    captured: int = 0
+    rejects: int = 0
+    drops: int = 0
+    late: int = 0
+    outages: int = 0
+    fps: float = 0.0
+    latency_ms: Percentiles = Percentiles()
+    engine_ms: float = 0.0
+    threshold: Optional[float] = None
+    group: int = 0                      # the engine (shared bundle) its frames go to
+    source: Part = Part(None, "unknown")
+    line: Part = Part(None, "none")
+    fault: List[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d):
+        kw = _checked(cls, d, "status.cameras[]")
+        if "latency_ms" in kw:
+            kw["latency_ms"] = Percentiles(**kw["latency_ms"])
+        for key in ("source", "line"):
+            if key in kw:
+                kw[key] = Part(**kw[key])
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class PartVerdict:
+    """The verdict on one part seen by several cameras: `views` {camera: [frame seq]}, `rejects`
+    {camera: its view rejected}, `missing` the cameras whose view did not come before the
+    deadline (then `reason` is failsafe:missing:<cameras>)."""
+    part: object
+    reject: bool
+    reason: str
+    views: dict = field(default_factory=dict)
+    rejects: dict = field(default_factory=dict)
+    missing: List[str] = field(default_factory=list)
+    latency_ms: float = 0.0
+
+    @property
+    def failsafe(self):
+        return bool(self.missing)
+
+
+@dataclass(frozen=True)
+class PartsStatus:
+    """Parts seen by several cameras (version 2): counts and the last verdicts, oldest first."""
+    cameras: List[str] = field(default_factory=list)
+    parts: int = 0
+    rejects: int = 0
+    failsafe: int = 0
+    after_part: int = 0                 # views that came after their part was decided
+    pending: int = 0
+    recent: List[PartVerdict] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d):
+        kw = _checked(cls, d, "status.parts")
+        kw["recent"] = [PartVerdict(**_checked(PartVerdict, r, "status.parts.recent[]")) for r in kw.get("recent", [])]
+        return cls(**kw)
+
+
+def _checked(cls, d, where):
+    if not isinstance(d, dict):
+        raise EdgeError(f"{where}: not a mapping")
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise EdgeError(f"{where}: unknown keys {', '.join(unknown)}")
+    return dict(d)
 
 
 @dataclass(frozen=True)
@@ -65,6 +147,8 @@ class RunStatus:
     line: Part = Part(None, "none")
     fault: List[str] = field(default_factory=list)
     identity: dict = field(default_factory=dict)   # bundle_id, method, engine, precision, version
+    cameras: List[CameraStatus] = field(default_factory=list)     # version 2: several cameras
+    parts: Optional[PartsStatus] = None                           # version 2: parts seen by several
     version: int = STATUS_VERSION
 
     def health(self):
@@ -78,7 +162,15 @@ class RunStatus:
         return True, "ok"
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        """Plain data; without cameras and parts it is the version 1 shape."""
+        d = dataclasses.asdict(self)
+        if not self.cameras and self.parts is None:
+            for key in _V2_KEYS:
+                del d[key]
+            d["version"] = 1
+        else:
+            d["version"] = STATUS_VERSION
+        return d
 
     @classmethod
     def from_dict(cls, d):
@@ -89,11 +181,15 @@ class RunStatus:
         v = d.get("version")
         if not isinstance(v, int) or v > STATUS_VERSION or v < 1:
             raise EdgeError(f"status: version {v!r} not understood (this edge reads up to {STATUS_VERSION})")
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - (set() if v >= 2 else set(_V2_KEYS))
         unknown = sorted(set(d) - names)
         if unknown:
             raise EdgeError(f"status: unknown keys {', '.join(unknown)}")
         kw = dict(d)
+        kw.pop("version")                  # the object is of this code's version; to_dict() says which shape
+        kw["cameras"] = [CameraStatus.from_dict(c) for c in kw.get("cameras") or []]
+        if kw.get("parts") is not None:
+            kw["parts"] = PartsStatus.from_dict(kw["parts"])
         for key in ("latency_ms", "added_ms"):
             if key in kw:
                 kw[key] = Percentiles(**kw[key])
@@ -127,18 +223,19 @@ def line_part(line):
 
 
 def build(snapshot, *, source=None, engine_name="", errors=(), line=None, threshold=None, identity=None,
-          ended=False):
-    """A RunStatus from the pipeline's counters (Stats.snapshot()) and the parts' own state."""
+          ended=False, source_state=None, line_state=None):
+    """A RunStatus from the pipeline's counters (Stats.snapshot()) and the parts' own state
+    (`source_state` / `line_state`: a Part given instead of asking `source` / `line`)."""
     s = snapshot
     frames = int(s["decided"])
     errors = list(errors)
-    src = source_part(source) if source is not None else Part(None, "unknown")
+    src = source_state or (source_part(source) if source is not None else Part(None, "unknown"))
     if ended and src.ok is not False:
         src = Part(None, "ended", src.detail)
     eng_fault = [e for e in errors if e.startswith("infer")]
     eng = Part(False, "fault", eng_fault[0]) if eng_fault else Part(True, engine_name or "running",
                                                                        (identity or {}).get("precision", ""))
-    ln = line_part(line)
+    ln = line_state or line_part(line)
     fault = list(errors)
     if src.ok is False:
         fault.append(f"source: {src.state}")
@@ -156,6 +253,38 @@ def build(snapshot, *, source=None, engine_name="", errors=(), line=None, thresh
         engine_ms=_round(s["engine_ms_per_frame"], 2),
         threshold=None if threshold is None else float(threshold),
         source=src, engine=eng, line=ln, fault=fault, identity=dict(identity or {}))
+
+
+def camera_of(cid, group, st):
+    """A camera's CameraStatus from the RunStatus built for it alone."""
+    return CameraStatus(id=cid, frames=st.frames, captured=st.captured, rejects=st.rejects, drops=st.drops,
+                        late=st.late, outages=st.outages, fps=st.fps, latency_ms=st.latency_ms,
+                        engine_ms=st.engine_ms, threshold=st.threshold, group=int(group), source=st.source,
+                        line=st.line, fault=list(st.fault))
+
+
+def combined(named_parts, absent="none"):
+    """One Part for the same part of several cameras ({camera: Part}): false when any is false
+    (naming the cameras), true when every present one is true, null when none is present."""
+    bad = {c: p for c, p in named_parts.items() if p.ok is False}
+    if bad:
+        states = sorted({p.state for p in bad.values()})
+        return Part(False, f"{'; '.join(states)} ({', '.join(bad)})", "; ".join(p.detail for p in bad.values()))
+    present = {c: p for c, p in named_parts.items() if p.ok is not None}
+    if not present:
+        states = sorted({p.state for p in named_parts.values()})
+        return Part(None, states[0] if len(states) == 1 else absent, "")
+    return Part(True, "; ".join(sorted({p.state for p in present.values()})),
+                f"{len(present)} of {len(named_parts)}")
+
+
+def parts_of(stats, cameras):
+    """A PartsStatus from PartJoiner.stats()."""
+    if stats is None:
+        return None
+    return PartsStatus(cameras=list(cameras), parts=int(stats["parts"]), rejects=int(stats["rejects"]),
+                       failsafe=int(stats["failsafe"]), after_part=int(stats["after_part"]),
+                       pending=int(stats["pending"]), recent=[PartVerdict(**r) for r in stats["recent"]])
 
 
 def format_line(st):

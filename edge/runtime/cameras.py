@@ -3,18 +3,21 @@ threshold, line timing and outputs; cameras that share a bundle (and engine sett
 engine, loaded once, and one batcher (edge.runtime.batcher) that puts their frames into one
 engine call. Every record, event and status entry names its camera.
 
-Stages: a capture thread per camera -> a batcher thread per engine -> a decide thread per
-engine -> one record thread. A camera that is lost is its own outage: its own event, its own
-line's fault and fail-safe; the other cameras go on. Parts seen by several cameras are joined
+Stages: a capture thread per camera -> a batcher thread per engine (or several: engine calls in
+flight at once, e.g. one per CPU core) -> a decide thread per engine -> one record thread. A
+camera that is lost is its own outage: its own event, its own line's fault and fail-safe; the
+other cameras go on. Parts seen by several cameras are joined
 by edge.runtime.parts."""
 
 import logging
+import math
 import queue
 import threading
 import time
 
 import numpy as np
 
+from ..common.errors import EdgeError
 from ..sources import SourceEnded
 from .batcher import Batcher
 from .pipeline import Stats
@@ -47,8 +50,9 @@ class MultiPipeline:
         self.store, self.view, self.parts, self.on_reject = store, view, parts, on_reject
         self.cameras = []
         self.groups = []
-        for gi, (engine, batch, cams) in enumerate(groups):
+        for gi, (engine, batch, cams, *more) in enumerate(groups):
             b = Batcher(engine, batch, batch_wait_ms / 1000)
+            b.workers = max(1, int(more[0])) if more else 1     # engine calls in flight at once
             for cam in cams:
                 cam.feed = b.feed(cam.id, cam.settings.queue_size, cam.settings.mode)
                 cam.group = gi
@@ -59,14 +63,17 @@ class MultiPipeline:
         self.stopping = threading.Event()
         self.errors = []
         self._threads = []
-        self._view_camera = self.cameras[0].id if self.cameras else None
+        self.identity = {}               # bundle_id, method, engine, precision, version: for the status
+        if view is not None and hasattr(view, "set_cameras"):
+            view.set_cameras([c.id for c in self.cameras])
 
     # ---- control -------------------------------------------------------------------------
     def start(self):
         stages = [(f"capture-{c.id}", self._capture, (c,), [c], None) for c in self.cameras]
         for gi, (b, dq) in enumerate(self.groups):
             cams = [c for c in self.cameras if c.group == gi]
-            stages += [(f"infer-{gi}", self._infer, (b, dq), cams, gi), (f"decide-{gi}", self._decide, (dq,), cams, gi)]
+            stages += [(f"infer-{gi}", self._infer, (b, dq), cams, gi) for _ in range(b.workers)]
+            stages.append((f"decide-{gi}", self._decide, (dq, b.workers), cams, gi))
         stages.append(("record", self._record, (), self.cameras, None))
         for stage in stages:
             t = threading.Thread(target=self._guard, args=stage, name=f"edge-{stage[0]}", daemon=True)
@@ -172,22 +179,30 @@ class MultiPipeline:
         finally:
             dq.put(_END)
 
-    def _decide(self, dq):
+    def _decide(self, dq, workers=1):
+        cam_of = {id(c.feed): c for c in self.cameras}
+        ends = 0
         try:
             while True:
                 got = dq.get()
                 if got is _END:
+                    ends += 1
+                    if ends < workers:
+                        continue
                     break
                 items, maps, scores, spent = got
                 n = len(items)
                 for i, (feed, (frame, x, key)) in enumerate(items):
-                    cam = next(c for c in self.cameras if c.feed is feed)
+                    cam = cam_of[id(feed)]
                     self._decide_one(cam, frame, x, key, maps[i], float(scores[i]), spent, n)
         finally:
             self.q_rec.put(_END)
 
     def _decide_one(self, cam, frame, x, key, amap, score, spent, n):
         thr = cam.threshold
+        if not (math.isfinite(score) and np.isfinite(amap).all()):   # NaN passes every `>=`
+            raise EdgeError(f"engine returned a non-finite {'score' if not math.isfinite(score) else 'anomaly map'} "
+                            f"for camera {cam.id} frame {frame.seq} (score {score}): a fault, never a pass")
         area = float(np.count_nonzero(amap >= thr)) / amap.size
         over = score >= thr
         reject = over and area >= cam.min_area
@@ -203,8 +218,8 @@ class MultiPipeline:
         if cam.in_parts:
             d.part_id = str(self.parts.view(cam.id, d, key))
         cam.stats.decision(d, spent, n)
-        if self.view is not None and cam.id == self._view_camera:
-            self.view.update(x, amap, d, thr)
+        if self.view is not None:
+            self.view.update(x, amap, d, thr, camera=cam.id)
         if reject and self.on_reject is not None:
             self.on_reject(cam.id, d)
         save = cam.settings.save
@@ -240,6 +255,29 @@ class MultiPipeline:
         return build(cam.stats.snapshot(), source=cam.source, engine_name=cam.engine_name or "",
                      errors=errors, line=cam.line, threshold=cam.threshold,
                      identity={"camera": cam.id}, ended=bool(self._threads) and not self.running())
+
+    def status(self):
+        """The run's status (RunStatus, version 2): the totals at the top level, each camera's
+        own in `cameras`, the parts seen by several cameras in `parts`."""
+        import dataclasses
+        from ..common.status import Part, build, camera_of, combined, line_part, parts_of
+        per = [(c, self.camera_status(c)) for c in self.cameras]
+        lines = {c.id: st.line for c, st in per if c.line is not None}
+        if self.parts is not None and self.parts.line is not None:
+            lines["parts"] = line_part(self.parts.line)
+        ln = combined(lines) if lines else Part(None, "none", "no line outputs configured")
+        engines = sorted({c.engine_name for c in self.cameras if c.engine_name})
+        st = build(Stats.merged([c.stats for c in self.cameras]), engine_name=", ".join(engines),
+                   errors=self.errors, identity=self.identity, ended=bool(self._threads) and not self.running(),
+                   source_state=combined({c.id: s.source for c, s in per}, absent="starting"), line_state=ln)
+        gaps = sum(int(c.line.stats().get("gaps", 0)) for c in self.cameras if c.line is not None)
+        totals = {k: sum(getattr(s, k) for _, s in per) for k in ("frames", "captured", "rejects", "drops", "late",
+                                                                  "outages")}
+        totals["fps"] = round(sum(s.fps for _, s in per), 2)      # the counts are the cameras' own, summed
+        totals["reject_rate"] = round(totals["rejects"] / totals["frames"], 4) if totals["frames"] else 0.0
+        return dataclasses.replace(
+            st, faults=len(self.errors) + gaps, **totals, cameras=[camera_of(c.id, c.group, s) for c, s in per],
+            parts=parts_of(self.parts.stats(), self.parts.cameras) if self.parts is not None else None)
 
     def snapshot(self):
         """Plain data: {"cameras": {id: {...}}, "total": {...}, "parts": {...} or None}."""

@@ -33,7 +33,7 @@ from ..common.validate import _choice, _known, _num
 CAMERA_KEYS = ("id", "source", "bundle", "roi", "mode", "engine", "decision", "deadline_ms", "queue_size",
                "line", "max_frames")
 TOP_KEYS = ("bundle", "mode", "engine", "decision", "deadline_ms", "queue_size", "records", "view",
-            "status_every_s", "max_frames", "cameras", "batch_wait_ms", "parts")
+            "status_every_s", "max_frames", "cameras", "batch_wait_ms", "engine_workers", "parts")
 COMBINE = ("any", "all", "majority")
 PART_ID_SOURCES = ("capture_time", "memory", "gpio", "modbus")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
@@ -66,6 +66,7 @@ class MultiRunConfig:
     cameras: tuple
     batch_wait_ms: float = 5.0
     parts: Optional[PartsConfig] = None
+    engine_workers: Optional[int] = None   # engine calls in flight per shared engine; None: auto
 
     # What a tool that reads one bundle and one store (edge check --config) finds here: the
     # first camera's bundle and engine, the run's records and view.
@@ -88,7 +89,8 @@ class MultiRunConfig:
     def to_dict(self):
         from .config import _plain
         return {"cameras": [dict(id=c.id, roi=c.roi, **_plain(c.run)) for c in self.cameras],
-                "batch_wait_ms": self.batch_wait_ms, "parts": _plain(self.parts),
+                "batch_wait_ms": self.batch_wait_ms, "engine_workers": self.engine_workers or "auto",
+                "parts": _plain(self.parts),
                 "records": _plain(self.top.records), "status_every_s": self.top.status_every_s}
 
 
@@ -122,7 +124,7 @@ def validate_cameras(cfg, base_dir, validate_one):
     cams = cfg["cameras"]
     if not isinstance(cams, list) or not cams:
         raise EdgeError("must be a list of one camera or more", "cameras")
-    top_raw = {k: v for k, v in cfg.items() if k not in ("cameras", "batch_wait_ms", "parts")}
+    top_raw = {k: v for k, v in cfg.items() if k not in ("cameras", "batch_wait_ms", "engine_workers", "parts")}
     top = validate_one(dict(top_raw, source=_PLACEHOLDER, bundle=top_raw.get("bundle") or "-"), base_dir)
     defaults = {k: v for k, v in top_raw.items() if k in CAMERA_KEYS}
     cameras, seen = [], set()
@@ -156,8 +158,11 @@ def validate_cameras(cfg, base_dir, validate_one):
             run = dataclasses.replace(run, line=_camera_line(run.line, cam.get("line"), cid, base_dir, where))
         cameras.append(CameraConfig(cid, run, _roi(cam.get("roi"), f"{where}.roi")))
     parts = _parts(cfg.get("parts"), seen, base_dir)
+    workers = cfg.get("engine_workers", "auto")
+    workers = None if workers == "auto" else _num(cfg, "engine_workers", "config", 1, 64, None, int)
     return MultiRunConfig(top=top, cameras=tuple(cameras),
-                          batch_wait_ms=_num(cfg, "batch_wait_ms", "config", 0, 10000, 5.0, float), parts=parts)
+                          batch_wait_ms=_num(cfg, "batch_wait_ms", "config", 0, 10000, 5.0, float), parts=parts,
+                          engine_workers=workers)
 
 
 def _camera_line(line, raw_line, cid, base_dir, where):

@@ -64,6 +64,26 @@ class Stats:
             self.t_first = self.t_first or now
             self.t_last = now
 
+    @staticmethod
+    def merged(all_stats):
+        """One snapshot over several cameras' Stats: counts and frames/s summed, percentiles
+        over their windows together."""
+        out = Stats(window=None)         # every camera's window, whole
+        fps = 0.0
+        for st in all_stats:
+            snap = st.snapshot()
+            fps += snap["fps"]
+            with st.lock:
+                for k in ("captured", "decided", "rejects", "dropped", "late", "outages"):
+                    setattr(out, k, getattr(out, k) + getattr(st, k))
+                out.latency.extend(st.latency)
+                out.added.extend(st.added)
+                out.engine.extend(st.engine)
+                out.t0 = min(out.t0, st.t0)
+        snap = out.snapshot()
+        snap["fps"] = fps
+        return snap
+
     def snapshot(self):
         with self.lock:
             lat = np.array(self.latency) * 1000 if self.latency else np.zeros(1)

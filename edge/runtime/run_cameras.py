@@ -17,12 +17,26 @@ def engine_key(run):
     return (os.path.realpath(run.bundle), e.kind, e.precision, e.batch, e.threads)
 
 
+def engine_plan(kind, threads, workers, cores=None):
+    """(engine calls in flight, intra-op threads per call) for a shared engine. ONNX Runtime on
+    the CPU: by default one single-threaded call per core (up to 4) -- a call's own threads
+    leave cores idle between operators, whereas calls side by side keep them busy; `threads`
+    (engine.threads) and `workers` (engine_workers) given are kept. TensorRT: one call at a time
+    (its execution context is not shared between threads)."""
+    from ..engines import resolve_kind
+    if resolve_kind(kind) != "onnxruntime":
+        return 1, threads
+    cores = cores or os.cpu_count() or 1
+    workers = workers or max(1, min(4, cores // (threads or 1)))
+    return workers, threads or max(1, cores // workers)
+
+
 def open_cameras(cfg):
     """Everything a MultiRunConfig names, opened; returns a dict for close_all on failure or end."""
     from ..bundle.manifest import Bundle
     from ..engines import open_engine
     from ..sources import open_source
-    opened = {"bundles": {}, "engines": {}, "sources": {}, "lines": {}, "cameras": [], "groups": {}}
+    opened = {"bundles": {}, "engines": {}, "workers": {}, "sources": {}, "lines": {}, "cameras": [], "groups": {}}
     try:
         for cam in cfg.cameras:
             run = cam.run
@@ -34,7 +48,9 @@ def open_cameras(cfg):
             key = engine_key(run)
             if key not in opened["engines"]:
                 e = run.engine
-                opened["engines"][key] = open_engine(bundle, e.kind, e.precision, batch=e.batch, threads=e.threads)
+                workers, threads = engine_plan(e.kind, e.threads, cfg.engine_workers)
+                opened["engines"][key] = open_engine(bundle, e.kind, e.precision, batch=e.batch, threads=threads)
+                opened["workers"][key] = workers
             engine = opened["engines"][key]
             options = dict(run.source.options)
             if run.mode == "latest":
@@ -53,7 +69,7 @@ def open_cameras(cfg):
             c = Camera(cam.id, opened["sources"][cam.id], pre, threshold, run.pipeline(), line)
             c.bundle, c.engine_name = bundle, engine.name
             opened["cameras"].append(c)
-            opened["groups"].setdefault(key, (engine, run.engine.batch, []))[2].append(c)
+            opened["groups"].setdefault(key, (engine, run.engine.batch, [], opened["workers"][key]))[2].append(c)
         top = cfg.top
         if top.records.db:
             from ..records.store import RecordStore
@@ -64,8 +80,10 @@ def open_cameras(cfg):
             opened["joiner"] = _joiner(cfg.parts, opened)
         if top.view:
             from ..view.server import LiveView
-            opened["view"] = LiveView(top.view.host, top.view.port)
+            opened["view"] = LiveView(top.view.host, top.view.port, token=top.view.token,
+                                      store=opened.get("store"), gallery=top.view.gallery)
             opened["view"].start()
+            log.info(f"edge run: live view on {opened['view'].url} ({opened['view'].access()})")
         for src in opened["sources"].values():
             src.start()
     except BaseException:
@@ -94,6 +112,20 @@ def _joiner(parts, opened):
             for ev in line.events():
                 store is not None and store.event(f"line_{ev.get('kind')}", dict(ev, camera="parts"))
     return PartJoiner(parts, line, record, counter).start()
+
+
+def identity(cameras, cfg):
+    """What the status and the metrics name the run by: each value once, in camera order."""
+    from .. import __version__
+
+    def each(values):
+        return ", ".join(dict.fromkeys(str(v) for v in values))
+    precision = {c.id: c.run.engine.precision for c in cfg.cameras}
+    return {"bundle_id": each(c.bundle.id for c in cameras),
+            "bundle": each(os.path.basename(os.path.realpath(c.bundle.path)) for c in cameras),
+            "method": each(c.bundle.method for c in cameras), "engine": each(c.engine_name for c in cameras),
+            "precision": each(precision[c.id] for c in cameras), "version": __version__,
+            "cameras": len(cameras)}
 
 
 def close_all(opened):
@@ -150,16 +182,22 @@ def run_cameras(cfg, args):
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     view = opened.get("view")
 
+    pipe.identity = identity(opened["cameras"], cfg)
+
     def status(snap):
-        if view is not None:                          # the page shows the first camera (one RunStatus)
-            view.set_status(pipe.camera_status(first))
+        if view is not None:                          # every camera and the parts (RunStatus version 2)
+            view.set_status(pipe.status())
+        for c in opened["cameras"]:                   # a camera's telemetry topic: its own status
+            if c.line is not None:
+                c.line.telemetry(pipe.camera_status(c).to_dict())
         if not quiet:
             for cid, s in snap["cameras"].items():
                 log.info(format_camera(cid, s), extra={"data": s})
 
     for c in opened["cameras"]:
         log.info(f"edge run: camera {c.id}: {c.bundle.method} bundle {c.bundle.path} on {c.engine_name}, "
-                 f"source {c.source.describe()}, threshold {c.threshold:.4g}, engine group {c.group}")
+                 f"source {c.source.describe()}, threshold {c.threshold:.4g}, engine group {c.group} "
+                 f"({pipe.groups[c.group][0].workers} engine calls at once)")
     error = summary = None
     import time
     try:
@@ -178,9 +216,14 @@ def run_cameras(cfg, args):
         for s, h in old.items():
             signal.signal(s, h)
         summary = pipe.snapshot()
+        final = pipe.status()
+        if view is not None:
+            view.set_status(final)
         if store is not None:
-            try:
-                store.end_run(dict(summary["total"], cameras=summary["cameras"], parts=summary["parts"], error=error))
+            try:                                      # the status contract, as a single-camera run's
+                t = summary["total"]
+                store.end_run(dict(final.to_dict(), error=error,
+                                   batching={"engine_calls": t["engine_calls"], "mean_batch": t["mean_batch"]}))
             except Exception as exc:
                 log.error("edge run: cannot end the run in the records: %s", exc)
         close_all(opened)

@@ -10,6 +10,11 @@ tests read the output with prometheus_client's own parser.
     edge_latency_seconds, edge_engine_seconds           histograms
     edge_fps, edge_reject_rate, edge_up, edge_part_ok{part}   gauges
     edge_info{bundle_id, method, engine, precision, version}  info (value 1)
+With several cameras (status version 2), per camera and for the parts seen by several:
+    edge_camera_frames_total{camera}, edge_camera_rejects_total{camera}, edge_camera_drops_total{camera},
+    edge_camera_outages_total{camera}                   counters
+    edge_camera_fps{camera}, edge_camera_source_ok{camera}    gauges (source_ok as edge_part_ok)
+    edge_parts_total, edge_parts_rejects_total, edge_parts_failsafe_total     counters
 """
 
 import bisect
@@ -18,6 +23,8 @@ import threading
 BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+CAMERA_COUNTERS = (("frames", "Frames decided, per camera."), ("rejects", "Frames rejected, per camera."),
+                   ("drops", "Frames dropped before a decision, per camera."), ("outages", "Camera outages, per camera."))
 COUNTERS = (("frames", "Frames decided."), ("rejects", "Frames rejected."),
             ("drops", "Frames dropped before a decision."), ("late", "Decisions later than the deadline."),
             ("faults", "Stage failures and line output faults."), ("outages", "Camera outages."))
@@ -51,6 +58,31 @@ def _esc(v):
     return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _ok(ok):
+    return 1 if ok else -1 if ok is None else 0
+
+
+def _cameras(status):
+    out = []
+    cams = list(status.cameras or [])
+    if cams:
+        for key, text in CAMERA_COUNTERS:
+            out += [f"# HELP edge_camera_{key}_total {text}", f"# TYPE edge_camera_{key}_total counter"]
+            out += [f'edge_camera_{key}_total{{camera="{_esc(c.id)}"}} {int(getattr(c, key))}' for c in cams]
+        out += ["# HELP edge_camera_fps Decisions per second, recent, per camera.", "# TYPE edge_camera_fps gauge"]
+        out += [f'edge_camera_fps{{camera="{_esc(c.id)}"}} {float(c.fps)!r}' for c in cams]
+        out += ["# HELP edge_camera_source_ok 1 when the camera streams, 0 when lost, -1 when absent.",
+                "# TYPE edge_camera_source_ok gauge"]
+        out += [f'edge_camera_source_ok{{camera="{_esc(c.id)}"}} {_ok(c.source.ok)}' for c in cams]
+    p = status.parts
+    if p is not None:
+        for key, value, text in (("parts", p.parts, "Parts decided from several views."),
+                                 ("parts_rejects", p.rejects, "Parts rejected."),
+                                 ("parts_failsafe", p.failsafe, "Parts given the fail-safe verdict (a view missed).")):
+            out += [f"# HELP edge_{key}_total {text}", f"# TYPE edge_{key}_total counter", f"edge_{key}_total {int(value)}"]
+    return out
+
+
 class Metrics:
     def __init__(self):
         self._lock = threading.Lock()
@@ -80,6 +112,7 @@ class Metrics:
             ident = status.identity or {}
             labels = ",".join(f'{k}="{_esc(ident.get(k, ""))}"' for k in ("bundle_id", "method", "engine",
                                                                              "precision", "version"))
+            out += _cameras(status)
             out += ["# HELP edge_info What the line box runs.", "# TYPE edge_info gauge", f"edge_info{{{labels}}} 1"]
         out += ["# HELP edge_up 1 when the run is healthy (as /healthz).", "# TYPE edge_up gauge",
                 f"edge_up {1 if healthy else 0}"]

@@ -14,9 +14,12 @@ URLs (no external JS or CSS: plants are offline):
                 virtual time from advancing)
   /stream.mjpg  multipart/x-mixed-replace JPEG stream, at most `max_fps` frames a second
   /snapshot.jpg the latest frame with its overlay (a grey "waiting" image before the first)
+  /camera/ID.jpg  with several cameras: camera ID's latest frame with its overlay (the page's
+                tiles; the stream and /snapshot.jpg show the first camera)
   /status.json  {"status": the run's status (edge.common.status, versioned), "health": {ok,
                 reason}, "verdicts": the last ones, "trend": [[wall, score, reject]] of the last
-                `trend_s` seconds, "frame": {seq, age_s}, "status_age_s"}
+                `trend_s` seconds, "frame": {seq, age_s}, "status_age_s"}; with several
+                cameras also "tiles": {camera: its last verdict and frame age}
   /healthz      200 "ok" when healthy; 503 with the reason when a fault is active, a part
                 (source, engine, line) is faulted, no status was set yet, or the status is
                 older than `stale_s` (the pipeline stopped reporting). Open without a token: it
@@ -76,6 +79,9 @@ class LiveView:
         self._version = 0
         self._jpeg = None               # (version, bytes)
         self._last_encode = 0.0
+        self._main = None               # with several cameras: the one the stream shows
+        self._tiles = {}                # camera -> [frame tuple, version]
+        self._tile_jpeg = {}            # camera -> (version, bytes, monotonic time of encoding)
         self._encode_lock = threading.Lock()
         self._status = None
         self._status_t = None
@@ -116,18 +122,36 @@ class LiveView:
     def url(self):
         return f"http://{self.host}:{self.port}/"
 
-    def update(self, image_rgb, amap, decision, threshold):
-        """Keep the latest frame (references only) and its verdict."""
+    def set_cameras(self, ids):
+        """A run with several cameras: their ids in order; the first is the stream's."""
+        with self._lock:
+            self._main = ids[0] if ids else None
+            for cid in ids:
+                self._tiles.setdefault(cid, [None, 0])
+
+    def update(self, image_rgb, amap, decision, threshold, camera=None):
+        """Keep the latest frame (references only) and its verdict; `camera` names the camera
+        of a run with several (its tile; the trend and the stream are the first camera's)."""
         v = {"seq": decision.seq, "wall": decision.wall, "score": round(float(decision.score), 6),
              "reject": bool(decision.reject), "reason": decision.reason,
              "latency_ms": round(float(decision.latency_s) * 1000, 2), "part_id": decision.part_id}
+        if camera is not None:
+            v["camera"] = camera
         engine_ms = (decision.extra or {}).get("engine_ms")
         batch = (decision.extra or {}).get("batch") or 1
         self.metrics.observe(float(decision.latency_s), None if engine_ms is None else engine_ms / 1000 / batch)
+        frame = (image_rgb, amap, decision, threshold)
         with self._lock:
-            self._frame = (image_rgb, amap, decision, threshold)
-            self._version += 1
             self._verdicts.append(v)
+            if camera is not None:
+                tile = self._tiles.setdefault(camera, [None, 0])
+                tile[0], tile[1] = frame, tile[1] + 1
+                if self._main is None:
+                    self._main = camera
+                if camera != self._main:
+                    return
+            self._frame = frame
+            self._version += 1
             self._trend.append((round(decision.wall, 2), v["score"], v["reject"]))
             self._new_frame.notify_all()
 
@@ -179,6 +203,7 @@ class LiveView:
             out["verdicts"] = list(reversed(self._verdicts))
             trend = list(self._trend)
             frame = self._frame
+            tiles = {cid: tuple(t) for cid, t in self._tiles.items()}
             status_age = None if self._status_t is None else time.monotonic() - self._status_t
         since = time.time() - self.trend_s
         trend = [p for p in trend if p[0] >= since]
@@ -190,6 +215,8 @@ class LiveView:
         out["status_age_s"] = None if status_age is None else round(status_age, 2)
         if frame is not None:
             out["frame"] = {"seq": frame[2].seq, "age_s": round(time.time() - frame[2].wall, 2)}
+        if tiles:
+            out["tiles"] = {cid: _tile(t[0], t[1]) for cid, t in tiles.items()}
         return json.dumps(out, default=json_default).encode("utf-8")
 
     def wait_frame(self, newer_than, timeout):
@@ -224,6 +251,26 @@ class LiveView:
             self.encodes += 1
             self._jpeg = (version, data)
             return self._jpeg
+
+    def camera_jpeg(self, camera):
+        """Camera `camera`'s latest frame as JPEG bytes (None: no such camera), encoded once per
+        frame and at most `max_fps` times a second per camera."""
+        with self._encode_lock:
+            with self._lock:
+                tile = self._tiles.get(camera)
+                if tile is None:
+                    return None
+                frame, version = tile
+                cached = self._tile_jpeg.get(camera)
+            if frame is None:
+                return _placeholder(self.jpeg_quality) if cached is None else cached[1]
+            now = time.monotonic()
+            if cached is not None and (cached[0] == version or (self.max_fps > 0 and now - cached[2] < 1.0 / self.max_fps)):
+                return cached[1]
+            data = self._encode(*frame)
+            self.encodes += 1
+            self._tile_jpeg[camera] = (version, data, time.monotonic())
+            return data
 
     def _encode(self, image_rgb, amap, decision, threshold):
         from .overlay import encode_verdict
@@ -312,6 +359,15 @@ class LiveView:
             yield data
 
 
+def _tile(frame, version):
+    if frame is None:
+        return {"seq": None, "version": version}
+    d, thr = frame[2], frame[3]
+    return {"seq": d.seq, "version": version, "score": round(float(d.score), 6), "threshold": float(thr),
+            "reject": bool(d.reject), "reason": d.reason, "latency_ms": round(float(d.latency_s) * 1000, 2),
+            "part_id": d.part_id, "age_s": round(time.time() - d.wall, 2)}
+
+
 def _placeholder(quality):
     import cv2
 
@@ -372,6 +428,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/snapshot.jpg":
                 version, data = view.jpeg()
                 self._send(200, data, "image/jpeg")
+            elif path.startswith("/camera/") and path.endswith(".jpg"):
+                data = view.camera_jpeg(path[8:-4])
+                if data is None:
+                    self._send(404, b"no such camera\n", "text/plain")
+                else:
+                    self._send(200, data, "image/jpeg")
             elif path == "/stream.mjpg":
                 self._stream(view)
             elif path == "/metrics":
