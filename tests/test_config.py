@@ -104,3 +104,10 @@ def test_fuzz_load_and_validate_raise_only_edge_errors(tmp_path_factory, content
         validate(load_config(path))
     except EdgeError as exc:
         assert "\n" not in str(exc)
+
+
+def test_unknown_key_with_a_newline_is_named_on_one_line():
+    """A key holding a line break (found by the fuzz test) is shown escaped: one error line."""
+    with pytest.raises(EdgeError) as err:
+        validate(dict(BASE, **{"que\nue_size": 3}))
+    assert "\n" not in str(err.value) and "que\\nue_size" in str(err.value)
