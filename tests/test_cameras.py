@@ -30,14 +30,12 @@ GST = ("gst://videotestsrc is-live=true pattern={p} ! video/x-raw,width=160,heig
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    out = []
-    for name, size in (("shared", "96"), ("own", "64")):
-        path = tmp_path_factory.mktemp("cams") / name
-        res = edge("train", "--method", "padim", "--data", CAT, "--out", path, "--size", size, "--no-eval")
-        assert res.returncode == 0, res.stderr
-        out.append(str(path))
-    return out
+def bundles(tmp_path_factory, padim96):
+    """The session's 96 px PaDiM bundle (shared by cameras) and one of 64 px of their own."""
+    path = tmp_path_factory.mktemp("cams") / "own"
+    res = edge("train", "--method", "padim", "--data", CAT, "--out", path, "--size", "64", "--no-eval")
+    assert res.returncode == 0, res.stderr
+    return [padim96, str(path)]
 
 
 # ---- configuration ----------------------------------------------------------------------
