@@ -13,7 +13,7 @@ RUNTIME_TESTS := tests/test_metrics.py tests/test_run.py tests/test_records.py t
 .PHONY: demo test test-runtime pyversion bench bench-line bench-precision operating-point bench-faults bench-view deps clean
 
 # Create the virtual environment and install the project with everything the tests need.
-$(STAMP): setup.cfg .ci/apt-packages.txt .ci/requirements-test.txt .ci/install-deps
+$(STAMP): setup.cfg .ci/apt-packages.txt .ci/requirements-test.txt .ci/constraints.txt .ci/install-deps
 	VENV=$(VENV) bash .ci/install-deps
 	touch $(STAMP)
 

@@ -50,13 +50,13 @@ def resnet(tmp_path_factory):
     normalisation and ReLU instead of EfficientNet's single mean/std and ReLU6."""
     import torch
 
-    from train.backbones import ResNet
+    from train.backbones import import_timm
     from train.settings import TrainSettings
     from train.trainer import train_bundle
 
     folder = tmp_path_factory.mktemp("resnet")
     torch.manual_seed(0)
-    torch.save(ResNet("resnet18").state_dict(), folder / "r18.pth")
+    torch.save(import_timm().create_model("resnet18").state_dict(), folder / "r18.pth")
     out = str(folder / "bundle")
     train_bundle(TrainSettings("padim", CAT, out, (96, 96), backbone="resnet18", weights=str(folder / "r18.pth"),
                                strides=(8, 16), evaluate=False))

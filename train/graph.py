@@ -91,50 +91,59 @@ class MapSmoother(nn.Module):
         return torch.matmul(torch.matmul(rows, patch_map), cols_t)
 
 
-class AnomalyGraph(nn.Module):
-    """frames: N x H x W x 3 uint8 RGB -> (anomaly_map N x H x W float32, score N float32)."""
+def parse_score(text):
+    """`max` (the smoothed map's maximum) or `top:FRACTION` (mean of the highest FRACTION of the
+    scorer's patch scores) -> fraction, 0 for max."""
+    t = str(text).strip().lower()
+    if t == "max":
+        return 0.0
+    if t.startswith("top:"):
+        try:
+            f = float(t[4:])
+        except ValueError:
+            f = -1.0
+        if 0 < f <= 1:
+            return f
+    raise ValueError(f"must be max or top:FRACTION with 0 < FRACTION <= 1, got {text!r}")
 
-    def __init__(self, backbone, embedder, head, out_hw, sigma=4.0, border=16, score_fraction=0.04):
+
+def score_name(fraction):
+    return "max" if fraction <= 0 else f"top:{fraction:g}"
+
+
+class AnomalyGraph(nn.Module):
+    """frames: N x H x W x 3 uint8 RGB -> (anomaly_map N x H x W float32, score N float32).
+
+    The method's scorer (normalised N x 3 x H x W -> N x h x w patch or pixel scores) sits
+    between the cast and normalisation, and the map's upsampling, smoothing and reduction to
+    a score, which are the same for every method."""
+
+    def __init__(self, scorer, mean, std, out_hw, sigma=4.0, score_fraction=0.04):
         super().__init__()
-        # Mirror `border` pixels around the frame before the backbone and crop the features
-        # back: without it, patches at the edges see the convolutions' zero padding and
-        # score high on good parts.
-        self.border = int(border)
         # The image score: mean of the highest `score_fraction` of patch scores (0: the smoothed
-        # map's maximum). A few percent is steadier than the single highest patch.
+        # map's maximum).
         self.score_fraction = float(score_fraction)
-        self.backbone = backbone
-        self.embedder = embedder
-        self.head = head
+        self.scorer = scorer
         self.smoother = MapSmoother(out_hw, sigma)
-        mean = torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(backbone.std).view(1, 3, 1, 1) * 255.0
+        self.norm = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+        mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.register_buffer("scale", 1.0 / std)
         self.register_buffer("shift", -mean / std)
 
-    def features(self, frames):
+    def normalise(self, frames):
         # Cast before the transpose: TensorRT transposes no uint8 tensor.
-        x = frames.float().permute(0, 3, 1, 2) * self.scale + self.shift
-        b = self.border
-        if b:
-            x = F.pad(x, (b, b, b, b), mode="reflect")
-        feats = self.backbone(x)
-        if b:
-            feats = [f[:, :, b // s:f.shape[2] - b // s, b // s:f.shape[3] - b // s]
-                     for f, s in zip(feats, self.backbone.strides)]
-        return self.embedder(feats)
+        return frames.float().permute(0, 3, 1, 2) * self.scale + self.shift
 
     def forward(self, frames):
-        return self.from_features(self.features(frames))
+        return self.reduce(self.scorer(self.normalise(frames)))
 
-    def from_features(self, feats, head=None):
-        """(map, score) from features already computed, with `head` (default: the graph's own;
-        another head scores held-out images with a model fitted without them)."""
-        head = self.head if head is None else head
-        patches = head(feats)
+    def reduce(self, patches):
+        """(map, score) from the scorer's patch scores: upsampling and smoothing, the image
+        score (fold scoring calls it on patch scores computed from cached features)."""
         amap = self.smoother(patches)
         if self.score_fraction > 0:
             flat = patches.flatten(1)
-            k = max(1, int(round(self.score_fraction * head.hw[0] * head.hw[1])))
+            k = max(1, int(round(self.score_fraction * int(patches.shape[-2]) * int(patches.shape[-1]))))
             return amap, flat.topk(k, dim=1).values.mean(1)
         return amap, amap.flatten(1).amax(1)

@@ -25,6 +25,17 @@ class TrainSettings:
     threads: Optional[int] = None                # CPU threads (None: all cores)
     border: int = 16
     strides: Tuple[int, ...] = (4, 8, 16)
+    device: str = "auto"                         # auto | cpu | cuda
+    epochs: Optional[int] = None                 # None: the method's default for the device
+    batch_size: Optional[int] = None             # None: the method's default
+    lr: Optional[float] = None                   # None: the method's default
+    seed: int = 0
+    patience: int = 0                            # early stopping after this many epochs without a
+                                                 # better held-out loss (0: never)
+    resume: bool = True                          # resume from <out>.train-state when it matches
+    score: Optional[str] = None                  # max | top:FRACTION (None: the method's default)
+    holdout: float = 0.2                         # methods that train networks: share of train/good held
+                                                 # out as its tail block (early stopping, threshold)
 
     def __post_init__(self):
         from .methods import METHODS
@@ -48,10 +59,28 @@ class TrainSettings:
                                  f"got {self.false_reject!r}")
         if not _is_int(self.folds) or self.folds < 2:
             _bad("folds", f"must be 2 or more, got {self.folds!r}")
+        if not _is_num(self.holdout) or not 0 < self.holdout < 1:
+            _bad("holdout", f"must be a fraction between 0 and 1 (exclusive), got {self.holdout!r}")
         if not _is_num(self.sigma) or not 0 <= self.sigma <= 64:
             _bad("sigma", f"must be 0..64 pixels, got {self.sigma!r}")
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             _bad("threads", f"must be 1 or more, got {self.threads!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            _bad("device", f"must be auto, cpu or cuda, got {self.device!r}")
+        for key in ("epochs", "batch_size"):
+            v = getattr(self, key)
+            if v is not None and (not _is_int(v) or v < (0 if key == "epochs" else 1)):
+                _bad(key, f"must be a whole number >= {0 if key == 'epochs' else 1}, got {v!r}")
+        if self.lr is not None and (not _is_num(self.lr) or self.lr <= 0):
+            _bad("lr", f"must be a number > 0, got {self.lr!r}")
+        if not _is_int(self.seed) or not _is_int(self.patience) or self.patience < 0:
+            _bad("patience" if _is_int(self.seed) else "seed", "must be a whole number >= 0")
+        if self.score is not None:
+            from .graph import parse_score
+            try:
+                parse_score(self.score)
+            except ValueError as exc:
+                _bad("score", str(exc))
         if not isinstance(self.method_params, dict):
             _bad("method_params", f"must be a mapping, got {self.method_params!r}")
         object.__setattr__(self, "method_params", dict(self.method_params or {}))

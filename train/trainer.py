@@ -1,4 +1,11 @@
-"""The training loop: good images -> features -> the method's model -> one exported graph -> bundle."""
+"""Training to a bundle: good images -> the method (train/loop.py) -> one exported graph ->
+checked against PyTorch -> the operating point on held-out good images -> bundle.
+
+Held-out good images (docs/operating-point.md): validation/good where the data set has it;
+otherwise, for a method that only fits statistics, every training image scored by a model
+refitted without its contiguous fold (cheap: the frozen features are computed once); for a
+method that trains networks, the tail block of train/good's order (after a gap of a few
+images), which also serves early stopping."""
 
 import datetime
 import json
@@ -11,20 +18,21 @@ import torch
 
 from convert.graphcheck import tensorrt_floor
 from edge import __version__
+from edge.bundle import reference
 from edge.bundle.manifest import write_manifest
-from edge.engines.onnxrt import OrtEngine
+from edge.common import oppoint as op
 from edge.common.errors import EdgeError
 from edge.common.fsutil import StagedDir, atomic_write_text, sha256_file
-from edge.runtime.preprocess import Preprocessor
 from edge.common.progress import Progress, say
-from edge.common import oppoint as op
-from edge.bundle import reference
+from edge.engines.onnxrt import OrtEngine
+from edge.runtime.preprocess import Preprocessor
 
-from .backbones import build_backbone
 from .data import MvtecSet, load_images
 from .export import agreement, export_onnx, torch_infer
-from .graph import AnomalyGraph, Embedder
+from .graph import AnomalyGraph, parse_score, score_name
+from .loop import batches_of, resolve_device, train_method
 from .methods import get_method
+from .methods.base import Context
 
 TORCH_FILE = "model.torchscript.pt"
 
@@ -39,21 +47,89 @@ def score_stats(scores):
             "max": float(s.max()), "p50": float(q[0]), "p95": float(q[1]), "p99": float(q[2])}
 
 
-def fold_scores(method, params, graph, emb, folds=op.DEFAULT_FOLDS, guard=op.DEFAULT_GUARD, progress=None):
-    """Scores of every training image by a model fitted without its contiguous fold (and without
-    `guard` images either side of it); returns (scores, fold index of each image)."""
-    n = int(emb.shape[0])
+def save_torchscript(graph, path, example):
+    import warnings
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(graph, torch.from_numpy(example), check_trace=False).save(path)
+
+
+def build_method(s, device):
+    ctx = Context(tuple(s.size), s.backbone, s.weights, tuple(s.strides), s.border, s.seed, device)
+    try:
+        method = get_method(s.method)(ctx, **s.method_params)
+    except TypeError as exc:
+        raise EdgeError(f"bad --param for {s.method}: {exc}") from None
+    if s.lr is not None:
+        method.lr = s.lr
+    scorer = method.build()
+    score = parse_score(s.score or method.default_score)
+    graph = AnomalyGraph(scorer, method.mean, method.std, s.size, s.sigma, score).eval()
+    return method, graph
+
+
+def _take(feats, idx):
+    idx = torch.as_tensor(np.asarray(idx, np.int64))
+    return [f.index_select(0, idx) for f in feats] if isinstance(feats, (list, tuple)) else feats.index_select(0, idx)
+
+
+def _to(feats, device):
+    return [f.to(device) for f in feats] if isinstance(feats, (list, tuple)) else feats.to(device)
+
+
+def fold_scores(method, graph, images, settings, device, progress=None):
+    """Scores of every training image by the method refitted without its contiguous fold (and
+    without `guard` images either side of it); returns (scores, fold index of each image, the
+    frozen features for the final fit or None). Methods with `fold_features` / `fold_head`
+    compute the features once; others are rebuilt and refitted from the images per fold."""
+    n = len(images)
+    parts = op.contiguous_folds(n, settings.folds)
     scores, fold_of = np.empty(n, np.float64), np.empty(n, np.int64)
-    parts = op.contiguous_folds(n, folds)
-    for f, (a, b) in enumerate(parts):
-        model = get_method(method)(**(params or {}))
-        model.fit(emb[op.fit_indices(n, a, b, guard)])
-        with torch.no_grad():
-            scores[a:b] = graph.from_features(emb[a:b], model.head())[1].double().numpy()
-        fold_of[a:b] = f
-        if progress:
-            progress(f + 1, len(parts))
-    return scores, fold_of
+    bs = settings.batch_size or method.batch_size
+    graph.to(device).eval()
+    feats = None
+    with torch.no_grad():
+        if hasattr(method, "fold_features"):
+            feats = method.fold_features(batches_of(graph, images, bs, device))
+        for f, (a, b) in enumerate(parts):
+            fit = op.fit_indices(n, a, b, op.DEFAULT_GUARD)
+            if feats is not None:
+                head = method.fold_head(_take(feats, fit)).to(device)
+                out = torch.cat([graph.reduce(head(_to(_take(feats, range(i, min(i + bs, b))), device)))[1].cpu()
+                                 for i in range(a, b, bs)])
+            else:
+                m, g = build_method(settings, device)
+                g.to(device).eval()
+                m.fit_statistics(batches_of(g, images, bs, device, order=np.asarray(fit)))
+                out = torch.cat([g(torch.from_numpy(images[i:min(i + bs, b)]).to(device))[1].cpu()
+                                 for i in range(a, b, bs)])
+            scores[a:b] = out.double().numpy()
+            fold_of[a:b] = f
+            if progress:
+                progress(f + 1, len(parts))
+    graph.to("cpu")
+    return scores, fold_of, feats
+
+
+def holdout_plan(s, method, train_paths, val_paths):
+    """(fit paths, held-out paths, kind, source sentence, record for the manifest)."""
+    n = len(train_paths)
+    if val_paths:
+        return train_paths, val_paths, "validation", "validation/good", {
+            "rule": "validation/good, scored by the bundle's model", "images": len(val_paths)}
+    if method.trains():
+        fit, hold, gap = op.tail_block(n, s.holdout, op.DEFAULT_GUARD)
+        source = (f"train/good's last {len(hold)} images in the data set's order (a contiguous tail block, "
+                  f"{s.holdout:g} of {n}), the {gap} images before it used for neither, scored by the bundle's model")
+        return ([train_paths[i] for i in fit], [train_paths[i] for i in hold], "block", source,
+                {"rule": f"tail block: the last {s.holdout:g} of train/good in its order, a gap of {gap} images "
+                         f"before it; used for early stopping and the threshold", "images": len(hold),
+                 "gap": gap, "fit_images": len(fit)})
+    op.contiguous_folds(n, s.folds)                      # at least 4 images
+    source = (f"train/good in {min(s.folds, n // 2)} contiguous folds of its order, each scored by a model fitted "
+              f"without it and without {op.DEFAULT_GUARD} images either side")
+    return train_paths, train_paths, "folds", source, {
+        "rule": f"contiguous folds ({s.folds}), the method refitted per fold", "images": n}
 
 
 def reference_frames(ds, train_paths, hold_names, hold_scores, outliers, pre, count=2):
@@ -81,96 +157,75 @@ def reference_frames(ds, train_paths, hold_names, hold_scores, outliers, pre, co
     return load_images(paths, pre), entries, note
 
 
-def save_torchscript(graph, path, example):
-    import warnings
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.jit.trace(graph, torch.from_numpy(example), check_trace=False).save(path)
-
-
-def embed(graph, images, batch=16, progress=None):
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            out.append(graph.features(torch.from_numpy(images[i:i + batch])))
-            if progress:
-                progress(min(i + batch, len(images)), len(images))
-    return torch.cat(out)
-
-
 def train_bundle(settings):
     """Train, export, check and write the bundle at `settings.out` (a TrainSettings); returns
     the PyTorch graph."""
     s = settings
-    method, data, out, size, backbone, roi, sigma, border, threads, false_reject, folds = (
-        s.method, s.data, s.out, s.size, s.backbone, s.roi, s.sigma, s.border, s.threads, s.false_reject, s.folds)
     t0 = time.monotonic()
-    ds = MvtecSet(data)
+    device = resolve_device(s.device)
+    ds = MvtecSet(s.data)
     train_paths = ds.train_good()
     val_paths = ds.validation_good()
-    if not val_paths and len(train_paths) < 4:
-        raise EdgeError(f"train split has {len(train_paths)} images; at least 4 are needed "
-                        f"(scored in folds for the threshold)", ds.root)
-    pre = Preprocessor(size[0], size[1], roi)
-    model = get_method(method)(**s.method_params)
-    net = build_backbone(backbone, s.weights).select(s.strides)
-    say(f"training {method} on {len(train_paths)} good images of {ds.root} at {size[0]}x{size[1]} ({backbone})")
-
-    fit_imgs = load_images(train_paths, pre, Progress("reading images", len(train_paths)))
-    graph = AnomalyGraph(net, Embedder(model.pool, net.strides, 8), None, size, sigma, border).eval()
-    emb = embed(graph, fit_imgs, progress=Progress("features", len(fit_imgs)))
-    t_feat = time.monotonic() - t0
-    if val_paths:
-        hold_paths, fold_of = val_paths, None
-        hold_from = "validation/good"
-    else:
-        # Held-out scores from models fitted without each contiguous fold of the data set's order.
-        hold_paths = train_paths
-        fold_scores_, fold_of = fold_scores(method, s.method_params, graph, emb, folds, op.DEFAULT_GUARD,
-                                            Progress(f"scoring {folds} held-out folds", folds))
-        hold_from = (f"train/good in {int(fold_of.max()) + 1} contiguous folds of its order, each scored by a "
-                     f"model fitted without it and without {op.DEFAULT_GUARD} images either side")
-    model.fit(emb, progress=Progress(f"fitting {method}", 1))
-    del emb
-    graph.head = model.head()
+    pre = Preprocessor(s.size[0], s.size[1], s.roi)
+    method, graph = build_method(s, device)
+    fit_paths, hold_paths, kind, hold_from, hold_record = holdout_plan(s, method, train_paths, val_paths)
+    say(f"training {s.method} on {len(fit_paths)} good images of {ds.root} at {s.size[0]}x{s.size[1]} "
+        f"({s.backbone if method.uses_backbone else 'no pretrained backbone'}, {device})")
+    fit_imgs = load_images(fit_paths, pre, Progress("reading images", len(fit_paths)))
+    hold_imgs = fit_imgs if hold_paths is fit_paths else load_images(hold_paths, pre)
+    fold_of = feats = None
+    if kind == "folds":
+        hold_scores, fold_of, feats = fold_scores(method, graph, fit_imgs, s, device,
+                                                  Progress(f"scoring {s.folds} held-out folds", s.folds))
+    record = train_method(method, graph, fit_imgs, hold_imgs, s, device, features=feats)
+    del feats
     t_fit = time.monotonic() - t0
     hold_names = [os.path.relpath(p, ds.root) for p in hold_paths]
     check_imgs = fit_imgs[np.unique(np.linspace(0, len(fit_imgs) - 1, min(16, len(fit_imgs))).round().astype(int))]
 
-    with StagedDir(out) as tmp:
+    with StagedDir(s.out) as tmp:
         gpath = os.path.join(tmp, "model.onnx")
-        export_onnx(graph, gpath, size)
-        engine = OrtEngine(gpath, threads=threads)
-        ort_out = engine.infer(check_imgs)
-        check = agreement(torch_infer(graph, check_imgs), ort_out)
+        export_onnx(graph, gpath, s.size)
+        engine = OrtEngine(gpath, threads=s.threads)
+        check = agreement(torch_infer(graph, check_imgs), engine.infer(check_imgs))
         if check["max_rel_score"] > EXPORT_TOLERANCE:
             raise EdgeError(f"exported graph disagrees with PyTorch: {check}")
         save_torchscript(graph, os.path.join(tmp, TORCH_FILE), check_imgs[:1])
-        hold_scores = (engine.infer(load_images(hold_paths, pre))[1].astype(np.float64) if fold_of is None
-                       else fold_scores_)
-        threshold = op.operating_point(hold_names, hold_scores, false_reject, source=hold_from)
+        if kind != "folds":
+            hold_scores = np.concatenate([engine.infer(hold_imgs[i:i + 16])[1] for i in range(0, len(hold_imgs), 16)]
+                                         ).astype(np.float64)
+        threshold = op.operating_point(hold_names, hold_scores, s.false_reject, source=hold_from)
         threshold["holdout_file"] = op.HOLDOUT_FILE
+        threshold["holdout_rule"] = hold_record["rule"]
         threshold["history"] = []
         write_holdout(tmp, hold_names, hold_scores, fold_of, hold_from)
         frames, entries, note = reference_frames(ds, train_paths, hold_names, hold_scores,
                                                  {o["name"] for o in threshold["outliers"]}, pre)
+        bb = _backbone_of(graph)
+        score = score_name(graph.score_fraction)
         manifest = {
-            "format": 1, "method": method, "backbone": backbone,
-            "input": {"height": size[0], "width": size[1], "layout": "NHWC", "dtype": "uint8",
-                      "colour_order": "RGB", "roi": list(roi) if roi else None,
-                      "normalisation": {"mean": list(net.mean), "std": list(net.std), "where": "in graph"}},
-            "outputs": {"anomaly_map": "N x H x W float32", "score": f"N float32 (mean of the top {graph.score_fraction:.0%} patch scores)"},
+            "format": 1, "method": s.method, "backbone": s.backbone if bb else None,
+            "input": {"height": s.size[0], "width": s.size[1], "layout": "NHWC", "dtype": "uint8",
+                      "colour_order": "RGB", "roi": list(s.roi) if s.roi else None,
+                      "normalisation": {**graph.norm, "where": "in graph"}},
+            "outputs": {"anomaly_map": f"N x H x W float32 ({method.map_kind})",
+                        "score": "N float32 (" + ("maximum of the smoothed map" if score == "max" else
+                                                  f"mean of the top {graph.score_fraction:.0%} patch scores") + ")"},
             "graphs": {"fp32": {"file": "model.onnx", **tensorrt_floor(gpath)}},
             "threshold": threshold,
             "score_stats": {"holdout_good": score_stats(hold_scores)},
+            "precision_hints": {k: [f"/scorer/{scope}/" for scope in v] for k, v in method.precision_hints().items()},
             "reference": reference.write_frames(tmp, frames, entries, note),
             "training": {
-                "data": ds.root, "fingerprint": ds.fingerprint(), "fit_images": len(train_paths),
-                "holdout_images": len(hold_paths), "folds": None if fold_of is None else int(fold_of.max()) + 1,
-                "method_params": model.params(), "map_sigma": sigma,
-                "feature_strides": list(net.strides), "border": border,
-                "backbone_weights": os.path.basename(net.weights_file), "seconds": round(t_fit, 2),
-                "feature_seconds": round(t_feat, 2), "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "data": ds.root, "fingerprint": ds.fingerprint(), "fit_images": len(fit_paths),
+                "holdout_images": len(hold_paths), "holdout": {"kind": kind, **hold_record},
+                "folds": None if fold_of is None else int(fold_of.max()) + 1,
+                "method_params": method.params(), "map_sigma": s.sigma,
+                "score": score, "map": method.map_kind, "pooling": getattr(method, "pool", None),
+                "feature_strides": list(bb.strides) if bb else None, "border": s.border if bb else None,
+                "backbone_weights": os.path.basename(bb.weights_file) if bb and bb.weights_file else None,
+                "seed": s.seed, **record, "seconds": round(t_fit, 2),
+                "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                 "toolkit": __version__, "torch": str(torch.__version__), "host": platform.node()},
             "export_check": {"images": len(check_imgs), "tolerance_rel_score": EXPORT_TOLERANCE,
                              **{k: float(f"{v:.3g}") for k, v in check.items()}},
@@ -183,7 +238,7 @@ def train_bundle(settings):
                                 reference.workstation("onnxruntime", "fp32"))
         write_manifest(tmp, manifest)
         say(f"trained in {t_fit:.1f}s; export agrees within {check['max_rel_score']:.2g} (relative score)")
-        say(f"operating point: false-reject target {false_reject:g}; " + op.describe(threshold))
+        say(f"operating point: false-reject target {s.false_reject:g}; " + op.describe(threshold))
         for o in threshold["outliers"]:
             say(f"warning: held-out good image {o['name']} is an outlier (score {o['score']:.4g}, robust z "
                 f"{o['robust_z']:.1f}): set aside from the threshold; look at it (a bad frame, or a defect "
@@ -195,13 +250,19 @@ def train_bundle(settings):
             say(f"note: reference frames: {note}")
         if s.evaluate:
             from .evaluate import evaluate_bundle
-            evaluate_bundle(tmp, data, record=True, threads=threads)
+            evaluate_bundle(tmp, s.data, record=True, threads=s.threads)
     return graph
 
 
 def write_holdout(folder, names, scores, fold_of, source):
     """holdout.json: each held-out good image's name, fold and score (for `edge threshold`)."""
     doc = {"source": source, "images": [
-        {"name": n, "score": round(float(s), 6), **({"fold": int(fold_of[i])} if fold_of is not None else {})}
-        for i, (n, s) in enumerate(zip(names, scores))]}
+        {"name": n, "score": round(float(v), 6), **({"fold": int(fold_of[i])} if fold_of is not None else {})}
+        for i, (n, v) in enumerate(zip(names, scores))]}
     atomic_write_text(os.path.join(folder, op.HOLDOUT_FILE), json.dumps(doc, indent=0) + "\n")
+
+
+def _backbone_of(graph):
+    """The first pretrained backbone inside the scorer, if any."""
+    from .backbones import Backbone
+    return next((m for m in graph.scorer.modules() if isinstance(m, Backbone)), None)

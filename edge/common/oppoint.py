@@ -24,6 +24,7 @@ DEFAULT_GUARD = 4                # images either side of a fold left out of its 
 CONFIDENCE = 0.95
 OUTLIER_Z = 5.0                 # robust z (median / MAD of log scores) above which a score is an outlier
 MAX_OUTLIER_SHARE = 0.05        # at most this share (at least 1) is set aside as outliers
+DEFAULT_HOLDOUT_BLOCK = 0.2     # methods that train networks: share of train/good held out as its tail block
 RULE = "quantile"
 HOLDOUT_FILE = "holdout.json"   # in the bundle: the held-out images' names, folds and scores
 
@@ -47,6 +48,19 @@ def fit_indices(n, start, end, guard=DEFAULT_GUARD):
         if len(idx) >= need:
             return idx
     return idx
+
+
+def tail_block(n, fraction=DEFAULT_HOLDOUT_BLOCK, guard=DEFAULT_GUARD):
+    """(fit indices, held-out indices, gap) for a model that cannot be refitted per fold (one
+    that trains networks): the last `fraction` of the data set's order is held out as one
+    contiguous block, and the `gap` images just before it (up to `guard`; fewer on a small set,
+    so that at least half of the images remain to fit) are used for neither, so that no held-out
+    image has a near-twin among the fitted ones."""
+    if n < 4:
+        raise EdgeError(f"train split has {n} images; at least 4 are needed (a block is held out for the threshold)")
+    k = min(n - 2, max(2, int(round(n * float(fraction)))))
+    gap = max(0, min(int(guard), n - k - max(2, (n - k) // 2)))
+    return list(range(0, n - k - gap)), list(range(n - k, n)), gap
 
 
 # ---- binomial uncertainty ---------------------------------------------------------------

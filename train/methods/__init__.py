@@ -1,9 +1,41 @@
-"""One module per method. Each provides a class with:
-    name, pool (whether the embedder pools neighbourhoods),
-    fit(emb) with emb the training embeddings N x C x h x w (float32 tensor), progress callback,
-    head() -> nn.Module mapping N x C x h x w embeddings to N x h x w patch scores,
-    params() -> dict recorded in the manifest.
-The bare model (head) is kept apart from the training loop (train/trainer.py)."""
+"""The method protocol: what a method module provides, and the registry of methods.
+
+A method is a class deriving from `train.methods.base.Method`, in its own module, holding only
+what is particular to it. The training loop (train/loop.py) and the exporter (train/trainer.py)
+are the same for every method.
+
+  __init__(ctx, **params)   ctx (train.methods.base.Context): input size, backbone name and
+                            weights, feature strides, border, seed, device. Unknown params
+                            raise TypeError (the CLI names them).
+  build() -> nn.Module      the **scorer**: normalised N x 3 x H x W float -> N x h x w
+                            patch or pixel scores (higher = more anomalous). It owns every
+                            network it uses, the pretrained backbone included, and holds every
+                            constant (memory banks, Gaussians, quantiles) as a buffer, so that
+                            it exports as one graph. The exported graph wraps it: uint8 frames
+                            in, cast and normalisation (mean/std of the method), the scorer, the
+                            map's upsampling and smoothing, the image score; `anomaly_map` and
+                            `score` out.
+  Optional, each called by the loop where a method defines it:
+  fit_statistics(batches)   before training, no gradients: memory banks, Gaussians,
+                            normalisation constants. `batches()` yields normalised training
+                            batches on the training device.
+  training_step(batch)      -> scalar loss, with optimizers() -> [torch.optim.Optimizer]. The
+                            loop runs epochs over the training images (seeded shuffling, AMP
+                            on CUDA), checkpoints each epoch, resumes after Ctrl-C and stops
+                            early when the loss on the held-out good images stops improving.
+  augment(x, gen)           the training batch as training_step takes it (DRAEM's and
+                            CutPaste's synthetic defects); `gen` is a seeded torch.Generator.
+  begin_epoch(epoch, batches)  a phase change (EfficientAD: teacher, then student).
+  calibrate(batches)        after training, no gradients: map quantiles, feature densities.
+  precision_hints()         {"fp16": [module scopes], "int8": [module scopes], "fp32": [...]}:
+                            which parts of the scorer may run in reduced precision. Scopes are
+                            module paths inside the scorer ("backbone", "student"); in the
+                            exported graph its node names begin with "/scorer/<scope>/".
+  params()                  the method's settings and fitted sizes, for the manifest.
+  Class attributes: name, map_kind ("native" or a sentence on how a map is made where the
+  paper gives only an image score), uses_backbone, epochs (CPU, CUDA defaults), batch_size,
+  default_score ("max" or "top:FRACTION").
+"""
 
 import math
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from . import param
+from .base import StatisticsMethod
 
 
 class MahalanobisHead(nn.Module):
@@ -25,11 +26,13 @@ class MahalanobisHead(nn.Module):
         return m.clamp_min(0.0).sqrt().transpose(0, 1).reshape(-1, self.hw[0], self.hw[1])
 
 
-class Padim:
+class Padim(StatisticsMethod):
     name = "padim"
     pool = False   # PaDiM models each position's own features, no neighbourhood averaging
+    default_score = "top:0.04"
 
-    def __init__(self, dims=100, reg=0.01, seed=0):
+    def __init__(self, ctx, dims=100, reg=0.01, seed=0):
+        super().__init__(ctx)
         self.dims = param(dims, "dims", int, 1)
         self.reg = param(reg, "reg", float, 0, lo_open=True)
         self.seed = param(seed, "seed", int, 0)

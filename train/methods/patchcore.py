@@ -7,7 +7,10 @@ import math
 import torch
 from torch import nn
 
+from edge.common.progress import Progress
+
 from . import param
+from .base import StatisticsMethod
 
 
 def greedy_coreset(x, k, dims=32, seed=0, progress=None):
@@ -56,9 +59,12 @@ class NearestNeighbourHead(nn.Module):
         return d2.clamp_min(0.0).sqrt().reshape(-1, self.hw[0], self.hw[1])
 
 
-class PatchCore:
+class PatchCore(StatisticsMethod):
     name = "patchcore"
-    def __init__(self, coreset_ratio=0.1, max_bank=4096, coreset_dims=32, seed=0, pool=0):
+    default_score = "top:0.04"
+
+    def __init__(self, ctx, coreset_ratio=0.1, max_bank=4096, coreset_dims=32, seed=0, pool=0):
+        super().__init__(ctx)
         self.coreset_ratio = param(coreset_ratio, "coreset_ratio", float, 0, 1, lo_open=True)
         self.max_bank = param(max_bank, "max_bank", int, 1)
         self.coreset_dims = param(coreset_dims, "coreset_dims", int, 1)
@@ -69,7 +75,8 @@ class PatchCore:
         self.bank = None
         self.hw = None
 
-    def fit(self, emb, progress=None):
+    def fit(self, emb):
+        progress = Progress("coreset", 1)
         n, c, h, w = emb.shape
         self.hw = (h, w)
         patches = emb.permute(0, 2, 3, 1).reshape(-1, c).contiguous()
