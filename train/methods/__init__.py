@@ -44,6 +44,15 @@ from edge.common.errors import EdgeError
 METHODS = {
     "patchcore": ("train.methods.patchcore", "PatchCore"),
     "padim": ("train.methods.padim", "Padim"),
+    "spade": ("train.methods.spade", "Spade"),
+    "gaussian_ad": ("train.methods.gaussian_ad", "GaussianAD"),
+    "stpm": ("train.methods.stpm", "STPM"),
+    "reverse_distillation": ("train.methods.reverse_distillation", "ReverseDistillation"),
+    "efficientad": ("train.methods.efficientad", "EfficientAD"),
+    "fastflow": ("train.methods.fastflow", "FastFlow"),
+    "cflow": ("train.methods.cflow", "CFlow"),
+    "draem": ("train.methods.draem", "Draem"),
+    "cutpaste": ("train.methods.cutpaste", "CutPaste"),
 }
 
 

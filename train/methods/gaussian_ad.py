@@ -1,0 +1,87 @@
+"""Gaussian AD (Rippel, Mertens & Merhof, ICPR 2020): one multivariate Gaussian per feature
+level of a pretrained network, fitted on good images with Ledoit-Wolf shrinkage; the anomaly
+score is the sum of the levels' Mahalanobis distances.
+
+The paper scores whole images from globally pooled features. Here the same Gaussians score
+locally pooled features (an average over `window` x `window` feature cells at each level), so
+that a map exists: patch-wise scores, the image score from them as for every method."""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..graph import upsample
+from .base import Method
+
+
+def ledoit_wolf(x):
+    """Mean and shrunk covariance of the rows of x (float64)."""
+    n, d = x.shape
+    mu = x.mean(0)
+    xc = x - mu
+    s = xc.t() @ xc / n
+    m = torch.trace(s) / d
+    d2 = ((s - m * torch.eye(d, dtype=x.dtype)) ** 2).sum()
+    # (1/n^2) sum_i |x_i x_i^T - S|_F^2, without forming the n outer products
+    sq = (xc * xc).sum(1)
+    b2 = ((sq * sq).sum() - 2 * ((xc @ s) * xc).sum() + n * (s * s).sum()) / n ** 2
+    shrink = float(torch.clamp(torch.minimum(b2, d2) / d2, 0, 1)) if d2 > 0 else 1.0
+    return mu, (1 - shrink) * s + shrink * m * torch.eye(d, dtype=x.dtype), shrink
+
+
+class LevelMahalanobis(nn.Module):
+    def __init__(self, features, window):
+        super().__init__()
+        self.features = features
+        self.window = int(window)
+        self.means = nn.ParameterList()
+        self.precisions = nn.ParameterList()
+
+    def pooled(self, x):
+        w = self.window
+        return [F.avg_pool2d(f, w, 1, w // 2, count_include_pad=False) if w > 1 else f for f in self.features(x)]
+
+    def forward(self, x):
+        maps = []
+        for f, mu, prec in zip(self.pooled(x), self.means, self.precisions):
+            v = f.permute(0, 2, 3, 1) - mu                                   # N x h x w x C
+            maps.append(((v @ prec) * v).sum(-1).clamp_min(0.0).sqrt())
+        size = maps[0].shape[-2:]
+        return sum(m if m.shape[-2:] == size else upsample(m.unsqueeze(1), size).squeeze(1) for m in maps)
+
+
+class GaussianAD(Method):
+    name = "gaussian_ad"
+    map_kind = "patch-wise: the image-level Gaussians of the paper applied to locally pooled features"
+
+    def __init__(self, ctx, window=3, max_samples=20000):
+        super().__init__(ctx)
+        self.window = int(window)
+        self.max_samples = int(max_samples)
+
+    def build(self):
+        feats = self._backbone_norm(self.ctx.features())
+        self.scorer = LevelMahalanobis(feats, self.window)
+        return self.scorer
+
+    def fit_statistics(self, batches):
+        levels = None
+        for x in batches():
+            fs = [f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).double().cpu() for f in self.scorer.pooled(x)]
+            levels = fs if levels is None else [torch.cat([a, b]) for a, b in zip(levels, fs)]
+        g = torch.Generator().manual_seed(self.ctx.seed)
+        self.shrinkage = []
+        for f in levels:
+            if len(f) > self.max_samples:
+                f = f[torch.randperm(len(f), generator=g)[:self.max_samples]]
+            mu, cov, shrink = ledoit_wolf(f)
+            self.shrinkage.append(round(shrink, 4))
+            dev = self.ctx.device
+            self.scorer.means.append(nn.Parameter(mu.float().to(dev), requires_grad=False))
+            self.scorer.precisions.append(nn.Parameter(torch.linalg.inv(cov).float().to(dev), requires_grad=False))
+
+    def precision_hints(self):
+        return {"fp16": ["features"], "int8": ["features"], "fp32": ["means", "precisions"]}
+
+    def params(self):
+        return {"window": self.window, "levels": list(self.ctx.strides), "shrinkage": self.shrinkage}
