@@ -13,6 +13,7 @@ from .common.logs import FORMATS, setup as setup_logging
 COMMANDS = {
     "train": ("train.cli", "train a model on good images and write a model bundle"),
     "evaluate": ("train.evaluate", "evaluate a bundle's ONNX graph on a data set's test split"),
+    "compare": ("train.compare", "train several methods on one data set; one table and an accuracy-vs-speed plot"),
     "predict": ("edge.tools.predict", "score images or a folder with a bundle; write heat-map overlays"),
     "threshold": ("edge.tools.threshold", "set a bundle's threshold for a false-reject rate (or a value) without retraining"),
     "quantize": ("convert.quantize", "add an FP16 or INT8 variant of the graph to a bundle"),
