@@ -132,6 +132,18 @@ def holdout_plan(s, method, train_paths, val_paths):
         "rule": f"contiguous folds ({s.folds}), the method refitted per fold", "images": n}
 
 
+def export_check_images(fit_imgs, hold_imgs, kind, count=16):
+    """Images the exported graph is checked against PyTorch on: up to `count` evenly spaced
+    held-out images, and where every image was fitted (folds) half of them mirrored, so that
+    the check also sees images that are not in a memory bank or gallery (scores near zero there
+    say little about agreement)."""
+    pool = fit_imgs if kind == "folds" else hold_imgs
+    imgs = pool[np.unique(np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int))]
+    if kind == "folds":
+        imgs = np.concatenate([imgs[: (len(imgs) + 1) // 2], np.ascontiguousarray(imgs[(len(imgs) + 1) // 2:, :, ::-1])])
+    return imgs
+
+
 def reference_frames(ds, train_paths, hold_names, hold_scores, outliers, pre, count=2):
     """A few of the data set's own frames for the bundle to prove itself with on the box: good
     ones (the median and the highest held-out score that is no outlier) and defective ones
@@ -181,7 +193,7 @@ def train_bundle(settings):
     del feats
     t_fit = time.monotonic() - t0
     hold_names = [os.path.relpath(p, ds.root) for p in hold_paths]
-    check_imgs = fit_imgs[np.unique(np.linspace(0, len(fit_imgs) - 1, min(16, len(fit_imgs))).round().astype(int))]
+    check_imgs = export_check_images(fit_imgs, hold_imgs, kind)
 
     with StagedDir(s.out) as tmp:
         gpath = os.path.join(tmp, "model.onnx")
@@ -214,7 +226,7 @@ def train_bundle(settings):
             "graphs": {"fp32": {"file": "model.onnx", **tensorrt_floor(gpath)}},
             "threshold": threshold,
             "score_stats": {"holdout_good": score_stats(hold_scores)},
-            "precision_hints": {k: [f"/scorer/{scope}/" for scope in v] for k, v in method.precision_hints().items()},
+            "precision_hints": precision_hints(method),
             "reference": reference.write_frames(tmp, frames, entries, note),
             "training": {
                 "data": ds.root, "fingerprint": ds.fingerprint(), "fit_images": len(fit_paths),
@@ -260,6 +272,16 @@ def write_holdout(folder, names, scores, fold_of, source):
         {"name": n, "score": round(float(v), 6), **({"fold": int(fold_of[i])} if fold_of is not None else {})}
         for i, (n, v) in enumerate(zip(names, scores))]}
     atomic_write_text(os.path.join(folder, op.HOLDOUT_FILE), json.dumps(doc, indent=0) + "\n")
+
+
+def precision_hints(method):
+    """The method's precision hints as scopes of the exported graph's node names, and the
+    int8 head rewrites it registers for ONNX Runtime (convert/quantize.py reads both)."""
+    hints = {k: [f"/scorer/{scope}/" for scope in v] for k, v in method.precision_hints().items()}
+    rewrites = [{"rewrite": r, "scope": f"/scorer/{scope}/"} for r, scope in method.int8_rewrites()]
+    if rewrites:
+        hints["int8_onnxruntime"] = rewrites
+    return hints
 
 
 def _backbone_of(graph):

@@ -29,25 +29,36 @@ def ledoit_wolf(x):
     return mu, (1 - shrink) * s + shrink * m * torch.eye(d, dtype=x.dtype), shrink
 
 
+class LevelHead(nn.Module):
+    """Pooled feature levels -> the sum of each level's Mahalanobis distance (N x h x w)."""
+
+    def __init__(self, means=(), precisions=()):
+        super().__init__()
+        self.means = nn.ParameterList([nn.Parameter(m, requires_grad=False) for m in means])
+        self.precisions = nn.ParameterList([nn.Parameter(p, requires_grad=False) for p in precisions])
+
+    def forward(self, levels):
+        maps = []
+        for f, mu, prec in zip(levels, self.means, self.precisions):
+            v = f.permute(0, 2, 3, 1) - mu                                   # N x h x w x C
+            maps.append(((v @ prec) * v).sum(-1).clamp_min(0.0).sqrt())
+        size = maps[0].shape[-2:]
+        return sum(m if m.shape[-2:] == size else upsample(m.unsqueeze(1), size).squeeze(1) for m in maps)
+
+
 class LevelMahalanobis(nn.Module):
     def __init__(self, features, window):
         super().__init__()
         self.features = features
         self.window = int(window)
-        self.means = nn.ParameterList()
-        self.precisions = nn.ParameterList()
+        self.head = LevelHead()
 
     def pooled(self, x):
         w = self.window
         return [F.avg_pool2d(f, w, 1, w // 2, count_include_pad=False) if w > 1 else f for f in self.features(x)]
 
     def forward(self, x):
-        maps = []
-        for f, mu, prec in zip(self.pooled(x), self.means, self.precisions):
-            v = f.permute(0, 2, 3, 1) - mu                                   # N x h x w x C
-            maps.append(((v @ prec) * v).sum(-1).clamp_min(0.0).sqrt())
-        size = maps[0].shape[-2:]
-        return sum(m if m.shape[-2:] == size else upsample(m.unsqueeze(1), size).squeeze(1) for m in maps)
+        return self.head(self.pooled(x))
 
 
 class GaussianAD(Method):
@@ -64,24 +75,33 @@ class GaussianAD(Method):
         self.scorer = LevelMahalanobis(feats, self.window)
         return self.scorer
 
-    def fit_statistics(self, batches):
-        levels = None
-        for x in batches():
-            fs = [f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).double().cpu() for f in self.scorer.pooled(x)]
-            levels = fs if levels is None else [torch.cat([a, b]) for a, b in zip(levels, fs)]
+    def fold_features(self, batches):
+        """The pooled feature levels of every image (one N x C x h x w tensor per level, CPU)."""
+        levels = [list(t) for t in zip(*[[f.cpu() for f in self.scorer.pooled(x)] for x in batches()])]
+        return [torch.cat(fs) for fs in levels]
+
+    def fold_head(self, levels):
+        """The Gaussians (Ledoit-Wolf) of each level fitted on `levels` alone."""
         g = torch.Generator().manual_seed(self.ctx.seed)
-        self.shrinkage = []
+        self.shrinkage, means, precs = [], [], []
         for f in levels:
+            f = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).double()
             if len(f) > self.max_samples:
                 f = f[torch.randperm(len(f), generator=g)[:self.max_samples]]
             mu, cov, shrink = ledoit_wolf(f)
             self.shrinkage.append(round(shrink, 4))
-            dev = self.ctx.device
-            self.scorer.means.append(nn.Parameter(mu.float().to(dev), requires_grad=False))
-            self.scorer.precisions.append(nn.Parameter(torch.linalg.inv(cov).float().to(dev), requires_grad=False))
+            means.append(mu.float())
+            precs.append(torch.linalg.inv(cov).float())
+        return LevelHead(means, precs)
+
+    def fit_features(self, levels):
+        self.scorer.head = self.fold_head(levels).to(self.ctx.device)
+
+    def fit_statistics(self, batches):
+        self.fit_features(self.fold_features(batches))
 
     def precision_hints(self):
-        return {"fp16": ["features"], "int8": ["features"], "fp32": ["means", "precisions"]}
+        return {"fp16": ["features"], "int8": ["features"], "fp32": ["head"]}
 
     def params(self):
         return {"window": self.window, "levels": list(self.ctx.strides), "shrinkage": self.shrinkage}
