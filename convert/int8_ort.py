@@ -14,12 +14,16 @@ Where it differs from the TensorRT graph, each for a measured reason:
     residual forks, and with an asymmetric range the ReLU6 folds into the quantization.
   * the input normalisation is folded into the first convolution, so the uint8 frames are the
     first quantized tensor (scale 1, zero point 128): no float pass over the full frame.
-  * the heads' big products run in int8 too: PatchCore's features against the memory bank
-    (one MatMulIntegerToFloat, uint8 features x int8 bank, the bank norms as its FP32 bias),
-    PaDiM's differences against the inverse covariances (MatMulInteger, int8 per position and
-    column). Everything after them (minimum, norms, the product with the difference, sums,
-    square root, map smoothing, score) stays FP32. Measured: the heads' int8 adds no score
-    error beyond the backbone's (docs/precision.md).
+  * a method's head may run its big product in int8 too, where the method registers a head
+    rewrite (its int8_rewrites(), recorded by training in the manifest's
+    precision_hints.int8_onnxruntime as [{rewrite, scope}]): the rewrites are graph patterns
+    kept here by name (HEAD_REWRITES), each applied only to nodes of the given scope, so that
+    nothing here knows a method. "bank_product": features against a constant bank plus its
+    norms, before a minimum (one MatMulIntegerToFloat, uint8 features x int8 bank, the norms as
+    its FP32 bias); "quadratic_form": differences against constant per-position matrices,
+    multiplied by themselves after (MatMulInteger, int8 per position and column). Everything
+    after them stays FP32. Measured with the memory bank and the inverse covariances: the
+    heads' int8 adds no score error beyond the backbone's (docs/precision.md).
 """
 
 import numpy as np
@@ -169,12 +173,14 @@ def frames_as_quantized_input(model, folded):
     _insert_before(model, dq, new)
 
 
-# ---- PatchCore's nearest-neighbour search --------------------------------------------------
-def find_nn_head(model):
-    """(MatMul, Add bias) of PatchCore's head (a product with a constant bank, plus the bank
-    norms, then a minimum and |f|^2), or None."""
+# ---- head rewrites a method may register ------------------------------------------------------
+def find_bank_product(model, scope=""):
+    """(MatMul, Add bias) in `scope`: a product with a constant bank, plus the bank norms, then
+    a minimum and another Add (a nearest-neighbour search), or None."""
     inits = _inits(model)
     for mm in model.graph.node:
+        if not mm.name.startswith(scope):
+            continue
         if mm.op_type != "MatMul" or mm.input[1] not in inits or mm.input[0] in inits:
             continue
         users = _users(model, mm.output[0])
@@ -191,8 +197,8 @@ def find_nn_head(model):
     return None
 
 
-def int8_search(model, head, f_range, weight_max=127):
-    """PatchCore's |b|^2 - 2 f.b against every bank entry as one MatMulIntegerToFloat: features
+def int8_bank_product(model, head, f_range, weight_max=127):
+    """|b|^2 - 2 f.b against every bank entry as one MatMulIntegerToFloat: features
     uint8 (per tensor, calibrated), bank int8 (per entry, symmetric), the bank norms as its FP32
     bias. The minimum and |f|^2 that finish the distance stay FP32."""
     mm, bias = head
@@ -234,11 +240,13 @@ def _replace(model, old, new):
         model.graph.node.insert(idx + k, n)
 
 
-def find_mahalanobis_head(model):
-    """PaDiM's per-position product diff @ inv_cov (a MatMul by a constant P x d x d whose
-    output is multiplied by its own input), or None."""
+def find_quadratic_form(model, scope=""):
+    """A per-position product diff @ A in `scope` (a MatMul by a constant P x d x d whose output
+    is multiplied by its own input: a Mahalanobis distance), or None."""
     inits = _inits(model)
     for mm in model.graph.node:
+        if not mm.name.startswith(scope):
+            continue
         if mm.op_type != "MatMul" or mm.input[1] not in inits or len(inits[mm.input[1]].dims) != 3:
             continue
         users = _users(model, mm.output[0])
@@ -247,7 +255,7 @@ def find_mahalanobis_head(model):
     return None
 
 
-def int8_covariance_product(model, mm, d_range, weight_max=127):
+def int8_quadratic_form(model, mm, d_range, weight_max=127):
     """diff @ inv_cov with the left factor uint8 (per tensor) and the inverse covariances int8
     (per position and column, symmetric): an int32 MatMulInteger, scaled back to FP32; the
     product with diff and the sum that finish the distance stay FP32."""
@@ -269,6 +277,28 @@ def int8_covariance_product(model, mm, d_range, weight_max=127):
         helper.make_node("Mul", [p + "float", names["out_scale"]], [mm.output[0]], name=p + "scale"),
     ]
     _replace(model, [mm], nodes)
+
+
+# name -> (find(model, scope) -> match or None, the tensor to calibrate of a match,
+#          rewrite(model, match, value range, weight max), what it does)
+HEAD_REWRITES = {
+    "bank_product": (find_bank_product, lambda m: m[0].input[0], int8_bank_product,
+                     "features x constant bank in int8 (MatMulIntegerToFloat); minimum, norms in FP32"),
+    "quadratic_form": (find_quadratic_form, lambda m: m.input[0], int8_quadratic_form,
+                       "differences x constant matrices in int8 (MatMulInteger); the rest in FP32"),
+}
+
+
+def check_rewrites(rewrites):
+    """The registered rewrites [{rewrite, scope}] checked: a one-line error names an unknown one."""
+    out = []
+    for r in rewrites or ():
+        name, scope = (r.get("rewrite"), r.get("scope", "")) if isinstance(r, dict) else (None, None)
+        if name not in HEAD_REWRITES or not isinstance(scope, str):
+            raise EdgeError(f"unknown int8 head rewrite {r!r} (known: {', '.join(HEAD_REWRITES)})",
+                            "precision_hints.int8_onnxruntime")
+        out.append((name, scope))
+    return out
 
 
 def tensor_range(model, tensor, images):
@@ -316,16 +346,20 @@ def feature_taps(model, backbone_nodes):
     return {n.name for n in model.graph.node if n.name in backbone_nodes and any(o in outside for o in n.output)}
 
 
-def convert_int8_ort(model, backbone_nodes, images, method="minmax", weight_bits=None):
-    """Pre-processed FP32 ModelProto -> (QDQ ModelProto for ONNX Runtime, details)."""
+def convert_int8_ort(model, backbone_nodes, images, method="minmax", weight_bits=None, rewrites=None):
+    """Pre-processed FP32 ModelProto -> (QDQ ModelProto for ONNX Runtime, details). `rewrites`:
+    the head rewrites the method registered ([{rewrite, scope}], see HEAD_REWRITES); each is
+    applied where its pattern is found in its scope."""
     from .int8 import backbone_targets, quantize_qdq
 
     src = onnx.ModelProto()
     src.CopyFrom(model)
-    head = find_nn_head(src)
-    f_range = tensor_range(src, head[0].input[0], images) if head else None
-    cov = find_mahalanobis_head(src)
-    d_range = tensor_range(src, cov.input[0], images) if cov is not None else None
+    found = []
+    for name, scope in check_rewrites(rewrites):
+        find, tensor, _rewrite, _what = HEAD_REWRITES[name]
+        match = find(src, scope)
+        if match is not None:
+            found.append((name, scope, tensor_range(src, tensor(match), images)))
     taps = feature_taps(src, backbone_nodes)
     stem = fold_normalisation(src)
     prune(src)                                        # the stem's unfolded weights
@@ -336,19 +370,16 @@ def convert_int8_ort(model, backbone_nodes, images, method="minmax", weight_bits
     wmax = WEIGHT_MAX[weight_bits]
     if stem is not None:
         frames_as_quantized_input(out, stem)
-    if head is not None:
-        int8_search(out, find_nn_head(out), f_range, wmax)
-    if cov is not None:
-        int8_covariance_product(out, find_mahalanobis_head(out), d_range, wmax)
+    for name, scope, value_range in found:
+        find, _t, rewrite, _what = HEAD_REWRITES[name]
+        rewrite(out, find(out, scope), value_range, wmax)
     prune(out)
     onnx.checker.check_model(out)
-    heads = {"patchcore": "features x memory bank in int8 (MatMulIntegerToFloat); minimum, norms in FP32",
-             "padim": "differences x inverse covariances in int8 (MatMulInteger); the rest in FP32"}
     ops = [n.op_type for n in out.graph.node]
     details = {"format": "QDQ (ONNX Runtime form)",
                "weights": f"int8 symmetric per-channel, {weight_bits}-bit range (-{wmax}..{wmax})",
                "activations": "uint8 asymmetric per-tensor", "bias": "float",
                "input": "uint8 frames, normalisation folded into the stem" if stem is not None else "normalised in FP32",
-               "head": heads["patchcore"] if head is not None else heads["padim"] if cov is not None else "FP32",
+               "head": "; ".join(f"{n} in {sc}: {HEAD_REWRITES[n][3]}" for n, sc, _r in found) or "FP32",
                "fp32_feature_taps": sorted(taps), "qlinear_convs_expected": ops.count("Conv"), "calibration": {"method": method, "images": int(len(images))}}
     return out, details

@@ -6,13 +6,16 @@
 
 Precision lives in the graph, as TensorRT 10/11 want it (strongly typed networks; no builder
 FP16/INT8 flags, no calibrators): FP16 casts (convert/fp16.py) or INT8 Q/DQ pairs
-(convert/int8.py). Only the backbone changes precision; everything from the feature concat
-on (the method's head, map upsampling and smoothing, the score) stays FP32. Inputs and outputs
-keep their types.
+(convert/int8.py). Which nodes change precision is the method's to say: the bundle's
+`precision_hints` (written by training from the method's precision_hints()) name module
+scopes of the exported graph ("/scorer/features/") that may run in FP16 or INT8, and scopes
+that must stay FP32; every other node (normalisation, the method's head, map upsampling and
+smoothing, the score) stays FP32. Nothing here knows one method from another. Inputs and
+outputs keep their types.
 
 Steps, atomic for the bundle:
   1. pre-process the FP32 graph (onnxruntime's quant_pre_process: shape inference, constant
-     folding) and split it into backbone and head by position (split_graph below);
+     folding) and split it by the method's precision hints (split_graph below);
   2. convert, and write the variant under a temporary name in the bundle folder;
   3. check it: convert.graphcheck, and a TensorRT (or TensorRT-RTX) parse-and-build;
   4. evaluate it and FP32 under ONNX Runtime on the same images: the test split of the
@@ -162,19 +165,39 @@ def drop_unused_opsets(model):
     return model
 
 
-def split_graph(model):
-    """(backbone, head): node names of the graph split by position.
+def split_graph(model, hints=None, precision="fp16"):
+    """(reduced, fp32): node names that change precision and those that stay FP32.
 
-    The head begins at the first MatMul/Gemm/Einsum (PatchCore's distances to the memory
-    bank, PaDiM's covariance products). The backbone is every node that feeds a convolution
-    which feeds that head entry (cast, normalisation, border, the trunk), plus the activations
-    and residual adds that finish the trunk's last layers. Everything else (feature crop, resize and concat, the head,
-    map upsampling and blur, the score) is the head: it stays in FP32."""
+    `hints` (the manifest's precision_hints: {"fp16": [scopes], "int8": [scopes], "fp32":
+    [scopes]}, each scope a prefix of node names such as "/scorer/features/"): a node changes
+    precision when its name begins with a scope hinted for `precision` and with no "fp32"
+    scope. Without hints (a bundle trained before methods gave them), the split by position
+    of split_by_position."""
+    if hints is None:
+        return split_by_position(model)
+    allow, keep = tuple(hints.get(precision) or ()), tuple(hints.get("fp32") or ())
+    reduced, fp32 = [], []
+    for n in model.graph.node:
+        (reduced if n.name.startswith(allow) and not (keep and n.name.startswith(keep)) else fp32).append(n.name)
+    if not allow or not any(n.op_type == "Conv" for n in model.graph.node if n.name in set(reduced)):
+        raise EdgeError(f"the method's precision hints allow no convolution in {precision} "
+                        f"(hinted scopes: {', '.join(allow) or 'none'}); no {precision} variant to make")
+    return reduced, fp32
+
+
+def split_by_position(model):
+    """(backbone, head) by position, for bundles without precision hints.
+
+    The head begins at the first MatMul/Gemm/Einsum. The backbone is every node that feeds a
+    convolution which feeds that head entry (cast, normalisation, border, the trunk), plus the
+    activations and residual adds that finish the trunk's last layers. Everything else stays
+    FP32."""
     nodes = list(model.graph.node)
     producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
     entry = next((i for i, n in enumerate(nodes) if n.op_type in HEAD_ENTRY_OPS), None)
     if entry is None:
-        raise EdgeError("cannot find the method's head in the graph (no MatMul/Gemm/Einsum)")
+        raise EdgeError("cannot find the method's head in the graph (no MatMul/Gemm/Einsum) and the bundle "
+                        "gives no precision hints (train it again)")
 
     def ancestors(starts):
         seen, stack = set(), list(starts)
@@ -346,12 +369,14 @@ def trt_check(graph_path, precision):
 
 
 # ---- the variant ----------------------------------------------------------------------
-def make_variant(model, precision, calib_images=None, calib_method=None, threshold=None, log=None):
+def make_variant(model, precision, calib_images=None, calib_method=None, threshold=None, log=None, hints=None):
     """(variant ModelProto, details dict) from a pre-processed FP32 ModelProto. INT8 with a
     `threshold` (the bundle's): the layers most sensitive to INT8 are kept in FP16
     (convert.int8_tune)."""
-    backbone, head = split_graph(model)
-    details = {"backbone_nodes": len(backbone), "fp32_nodes": len(head)}
+    backbone, head = split_graph(model, hints, precision)
+    details = {"backbone_nodes": len(backbone), "fp32_nodes": len(head),
+               "placement": "the method's precision hints: " + ", ".join((hints or {}).get(precision) or ())
+               if hints else "by position (the bundle has no precision hints)"}
     if precision == "fp16":
         from .fp16 import convert_fp16, fp16_summary
         out = convert_fp16(model, head)
@@ -496,11 +521,14 @@ def quantize_bundle(bundle_path, precision, calib_images=DEFAULT_CALIB_IMAGES, c
     t0 = time.monotonic()
     model = preprocess_graph(bundle.graph_path("fp32"))
     images = calibration_images(bundle, calib_data, calib_images) if precision == "int8" else None
+    hints = bundle.manifest.get("precision_hints")
     variants = [(None, GRAPH_FILES[precision]) + make_variant(model, precision, images, calib_method,
-                                                              threshold=bundle.threshold)]
+                                                              threshold=bundle.threshold, hints=hints)]
     if precision == "int8":
         from .int8_ort import convert_int8_ort
-        out, details = convert_int8_ort(model, split_graph(model)[0], images, calib_method or "minmax")
+        rewrites = (hints or {}).get("int8_onnxruntime") if hints is not None else None
+        out, details = convert_int8_ort(model, split_graph(model, hints, "int8")[0], images, calib_method or "minmax",
+                                        rewrites=rewrites)
         variants.append(("onnxruntime", ENGINE_GRAPH_FILES[("int8", "onnxruntime")], drop_unused_opsets(out), details))
     tmps, entries, ref = [], [], None
     try:

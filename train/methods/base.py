@@ -50,6 +50,11 @@ class Method:
     def precision_hints(self):
         return {"fp16": ["backbone"], "int8": ["backbone"]}
 
+    def int8_rewrites(self):
+        """[(rewrite, scope)]: head rewrites of convert/int8_ort.HEAD_REWRITES that the INT8
+        graph for ONNX Runtime may apply inside the scorer's `scope` (none by default)."""
+        return []
+
     def params(self):
         return {}
 

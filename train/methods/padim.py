@@ -54,6 +54,9 @@ class Padim(StatisticsMethod):
         if progress:
             progress(2, 2)
 
+    def int8_rewrites(self):
+        return [("quadratic_form", "head")]
+
     def head(self):
         return MahalanobisHead(self.idx, self.mean, self.inv_cov, self.hw)
 

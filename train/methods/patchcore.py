@@ -85,6 +85,9 @@ class PatchCore(StatisticsMethod):
         self.bank = patches[idx].clone()
         self.n_patches = patches.shape[0]
 
+    def int8_rewrites(self):
+        return [("bank_product", "head")]
+
     def head(self):
         return NearestNeighbourHead(self.bank, self.hw)
 
