@@ -4,6 +4,7 @@ must be one its room may make. torch, train and convert are refused everywhere i
 
 import ast
 import os
+import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EDGE = os.path.join(REPO, "edge")
@@ -159,3 +160,62 @@ def test_data_files_in_edge_are_package_data():
                 missing.append(os.path.join(package, name))
     assert missing == []
     assert "page.html" in declared["edge.view"]
+
+
+# convert/ runs where `edge quantize` runs, without torch: of train/ it may import only the
+# torch-free helpers (data set reading, evaluation and its plots), never the trainer, the
+# training loop, the graph or the methods.
+CONVERT = os.path.join(REPO, "convert")
+TRAIN = os.path.join(REPO, "train")
+CONVERT_MAY_IMPORT_OF_TRAIN = {"train.data", "train.evaluate", "train.plots"}
+
+
+def _module_imports(path, module):
+    is_pkg = path.endswith("__init__.py")
+    return [t for _, t in imports(path, module, is_pkg)]
+
+
+def _train_module(target):
+    """'train.data.MvtecSet' -> 'train.data' (the module of train/ a name comes from)."""
+    parts = target.split(".")
+    for k in range(len(parts), 1, -1):
+        if os.path.isfile(os.path.join(REPO, *parts[:k]) + ".py"):
+            return ".".join(parts[:k])
+    return ".".join(parts[:2])
+
+
+def convert_violations():
+    found = []
+    for name in sorted(os.listdir(CONVERT)):
+        if not name.endswith(".py"):
+            continue
+        path = os.path.join(CONVERT, name)
+        module = "convert." + (name[:-3] if name != "__init__.py" else "")
+        for target in _module_imports(path, module.rstrip(".")):
+            top = target.split(".")[0]
+            if top in ("torch", "torchvision", "timm"):
+                found.append(f"convert/{name}: imports {target}")
+            elif top == "train" and _train_module(target) not in CONVERT_MAY_IMPORT_OF_TRAIN:
+                found.append(f"convert/{name}: imports {target} (train/ trainer code)")
+    # The helpers convert/ may use import no torch either, nor other parts of train/.
+    for module in sorted(CONVERT_MAY_IMPORT_OF_TRAIN):
+        path = os.path.join(REPO, *module.split(".")) + ".py"
+        for target in _module_imports(path, module):
+            top = target.split(".")[0]
+            if top in ("torch", "torchvision", "timm") or (
+                    top == "train" and _train_module(target) not in CONVERT_MAY_IMPORT_OF_TRAIN):
+                found.append(f"{module}: imports {target}")
+    return found
+
+
+def test_convert_imports_no_trainer_code():
+    assert convert_violations() == []
+
+
+def test_the_convert_rule_bites(tmp_path, monkeypatch):
+    """A convert module importing the trainer (even inside a function) is caught."""
+    bad = tmp_path / "convert"
+    bad.mkdir()
+    (bad / "x.py").write_text("def f():\n    from train.trainer import train_bundle\n    from train.data import MvtecSet\n")
+    monkeypatch.setattr(sys.modules[__name__], "CONVERT", str(bad))
+    assert convert_violations() == ["convert/x.py: imports train.trainer.train_bundle (train/ trainer code)"]
