@@ -62,7 +62,19 @@ def _io(model):
 
 
 def test_split_keeps_head_out_of_backbone(trained):
-    backbone, head = split_graph(preprocess_graph(os.path.join(trained, "model.onnx")))
+    model = preprocess_graph(os.path.join(trained, "model.onnx"))
+    hints = Bundle(trained).manifest["precision_hints"]
+    assert hints["fp16"] == ["/scorer/features/"] and "/scorer/head/" in hints["fp32"]
+    backbone, head = split_graph(model, hints, "fp16")
+    assert backbone and head and not set(backbone) & set(head)
+    assert all(n.startswith("/scorer/features/") for n in backbone)
+    assert any("/backbone/" in n and "Conv" in n for n in backbone)
+    assert sum("/backbone/" in n and "Conv" in n for n in head) == 0
+    # Hints that allow no convolution: no variant, said plainly.
+    with pytest.raises(EdgeError, match="allow no convolution in fp16"):
+        split_graph(model, {"fp16": ["/scorer/head/"]}, "fp16")
+    # A bundle without hints (trained before methods gave them): split by position.
+    backbone, head = split_graph(model)
     assert backbone and head and not set(backbone) & set(head)
     assert all("/head/" not in n and "/smoother/" not in n and "/embedder/" not in n for n in backbone)
     assert any("/head/" in n for n in head) and any("/smoother/" in n for n in head)

@@ -27,10 +27,18 @@ are the same for every method.
                             CutPaste's synthetic defects); `gen` is a seeded torch.Generator.
   begin_epoch(epoch, batches)  a phase change (EfficientAD: teacher, then student).
   calibrate(batches)        after training, no gradients: map quantiles, feature densities.
+  fold_features(batches), fold_head(features), fit_features(features)
+                            methods that only fit statistics: the frozen features of every
+                            image computed once, a head fitted on a subset of them (the
+                            threshold's fold scoring refits per fold), the final fit from the
+                            same features. Methods that train networks are held out by a tail
+                            block instead (docs/methods.md).
   precision_hints()         {"fp16": [module scopes], "int8": [module scopes], "fp32": [...]}:
                             which parts of the scorer may run in reduced precision. Scopes are
                             module paths inside the scorer ("backbone", "student"); in the
                             exported graph its node names begin with "/scorer/<scope>/".
+  int8_rewrites()           [(rewrite, scope)]: head rewrites of convert/int8_ort.HEAD_REWRITES
+                            the INT8 graph for ONNX Runtime may apply inside `scope`.
   params()                  the method's settings and fitted sizes, for the manifest.
   Class attributes: name, map_kind ("native" or a sentence on how a map is made where the
   paper gives only an image score), uses_backbone, epochs (CPU, CUDA defaults), batch_size,
