@@ -118,14 +118,14 @@ def test_fp16_casts_and_fp32_head(variants):
     for n in m.graph.node:
         if n.op_type == "Cast" and n.input[0] in prod:
             assert prod[n.input[0]].op_type != "Cast", n.name
-        if n.name.startswith(("/head/", "/smoother/")):
+        if n.name.startswith(("/scorer/head/", "/smoother/")):
             for t in n.input:
                 p = prod.get(t)
                 assert not (p is not None and p.op_type == "Cast"
                             and any(a.name == "to" and a.i == TensorProto.FLOAT16 for a in p.attribute)), n.name
     # The head and the map smoothing keep FP32 weights (memory bank, Gaussian kernels).
     for n in m.graph.node:
-        if n.name.startswith(("/head/", "/smoother/")) and n.op_type in ("MatMul", "Conv"):
+        if n.name.startswith(("/scorer/head/", "/smoother/")) and n.op_type in ("MatMul", "Conv"):
             for t in n.input:
                 if t in inits:
                     assert inits[t].data_type == TensorProto.FLOAT, (n.name, t)
@@ -138,7 +138,7 @@ def test_int8_qdq_and_float_bias(variants):
     assert not [i.name for i in m.graph.initializer if i.data_type == TensorProto.INT32]
     prod = {o: n for n in m.graph.node for o in n.output}
     inits = {i.name: i for i in m.graph.initializer}
-    convs = [n for n in m.graph.node if n.op_type == "Conv" and n.name.startswith("/backbone/")]
+    convs = [n for n in m.graph.node if n.op_type == "Conv" and n.name.startswith("/scorer/features/backbone/")]
     assert convs
     for n in convs:
         assert prod[n.input[0]].op_type == "DequantizeLinear"          # activation Q/DQ
@@ -153,7 +153,7 @@ def test_int8_qdq_and_float_bias(variants):
             assert not onnx.numpy_helper.to_array(zp).any()
     # Nothing of the head is quantized.
     for n in m.graph.node:
-        if n.name.startswith(("/head/", "/smoother/")) and n.op_type in ("MatMul", "Conv"):
+        if n.name.startswith(("/scorer/head/", "/smoother/")) and n.op_type in ("MatMul", "Conv"):
             assert all(prod.get(t) is None or prod[t].op_type != "DequantizeLinear" for t in n.input)
 
 
