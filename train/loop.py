@@ -118,7 +118,7 @@ def _epochs(method, graph, fit_imgs, hold_imgs, settings, device, bs, log):
         start, best, best_state, bad = state["epoch"], state["best"], state["best_state"], state["bad"]
         log(f"resuming from the checkpoint after epoch {start} ({ckpt.path})")
     hold_gen_seed = settings.seed + 1
-    history = []
+    history = [tuple(h) for h in state.get("history", [])] if state else []
     t0 = time.monotonic()
     epoch = start
     try:
@@ -167,7 +167,8 @@ def _epochs(method, graph, fit_imgs, hold_imgs, settings, device, bs, log):
                 bad += 1
             ckpt.save({"epoch": epoch + 1, "scorer": scorer.state_dict(), "opts": [o.state_dict() for o in opts],
                        "gen": gen.get_state(), "rng": torch.get_rng_state(), "best": best,
-                       "best_state": best_state, "bad": bad})
+                       "best_state": best_state, "bad": bad,
+                       "history": history})
             if settings.patience and bad >= settings.patience and getattr(method, "early_stopping", True):
                 log(f"{method.name}: stopping early, the held-out loss has not improved for {bad} epochs")
                 break
@@ -178,7 +179,7 @@ def _epochs(method, graph, fit_imgs, hold_imgs, settings, device, bs, log):
         scorer.load_state_dict(best_state)
     scorer.eval()
     ckpt.clear()
-    return {"epochs": epochs, "epochs_run": len(history) + start, "loss_history": history,
+    return {"epochs": epochs, "epochs_run": len(history), "loss_history": history,
             "batch_size": bs, "amp": amp, "train_seconds": round(time.monotonic() - t0, 2)}
 
 
