@@ -61,13 +61,22 @@ def one(name, data, out, size, method, rate, threads):
     imp = thr["implied_false_reject"]
     hind, allowed = hindsight_recall(labels, scores, rate)
     c = res["confusion"]
+    # Where the threshold sits: the highest held-out good score (no outlier) and the highest good
+    # test score, and the recall a threshold at the highest held-out score would have had.
+    names, held = op.read_holdout(out, thr)
+    skip = {o["name"] for o in thr["outliers"]}
+    held_max = float(max(s for n, s in zip(names, held) if n not in skip))
+    bad = scores[labels == 1]
     return {"data": name, "train_good": b.manifest["training"]["fit_images"], "threshold": thr["value"],
             "outliers": [o["name"] for o in thr["outliers"]],
             "held_out": imp["of"], "held_out_rejected": imp["rejected"], "implied_upper_95": imp["upper_95"],
             "test_good": c["fp"] + c["tn"], "test_defective": c["tp"] + c["fn"],
             "recall": res["recall"], "false_reject": res["false_reject"], "hindsight_recall": hind,
             "hindsight_allowed_rejects": allowed, "image_auroc": res["image_auroc"],
-            "frr_within_bound": res["false_reject"] <= imp["upper_95"], "train_seconds": round(secs, 1)}
+            "frr_within_bound": res["false_reject"] <= imp["upper_95"], "train_seconds": round(secs, 1),
+            "held_out_max": held_max, "test_good_max": float(scores[labels == 0].max()),
+            "recall_at_held_out_max": float((bad >= held_max).mean()) if bad.size else float("nan"),
+            "false_reject_at_held_out_max": float((scores[labels == 0] >= held_max).mean())}
 
 
 def table(rows, rate):
@@ -92,6 +101,7 @@ def main():
     ap.add_argument("--false-reject", type=float, default=op.DEFAULT_FALSE_REJECT)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--keep", metavar="DIR", help="keep the trained bundles in DIR (default: a temporary folder)")
     args = ap.parse_args()
     sets = []
     if args.piped and os.path.isdir(args.piped):
@@ -105,12 +115,18 @@ def main():
         sys.exit("no data sets found (see --piped, --bsdata)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.keep:
+            os.makedirs(args.keep, exist_ok=True)
+            tmp = args.keep
         for name, root in sets:
             rows.append(one(name, root, os.path.join(tmp, name), (args.size, args.size), args.method,
                             args.false_reject, args.threads))
             r = rows[-1]
             print(f"{name}: recall {r['recall']:.3f} (hindsight {r['hindsight_recall']:.3f}), test false-reject "
-                  f"{r['false_reject']:.3f} vs bound {r['implied_upper_95']:.3f}; outliers {r['outliers'] or 'none'}; "
+                  f"{r['false_reject']:.3f} vs bound {r['implied_upper_95']:.3f}; threshold {r['threshold']:.4g}, highest "
+                  f"held-out good {r['held_out_max']:.4g} (recall there {r['recall_at_held_out_max']:.3f}, false-reject "
+                  f"{r['false_reject_at_held_out_max']:.3f}), highest test good {r['test_good_max']:.4g}; "
+                  f"outliers {r['outliers'] or 'none'}; "
                   f"trained in {r['train_seconds']} s", file=sys.stderr, flush=True)
     print(table(rows, args.false_reject))
     piped = [r for r in rows if r["data"] != "bsdata"]
