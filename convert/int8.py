@@ -7,6 +7,11 @@ the score stay in FP32. Choices, each for a reason:
   * weights: symmetric int8, per output channel (depthwise convs have a few channels each with
     its own range: per-tensor weight scales lose most of them).
   * activations: int8, per tensor, symmetric (zero point 0), which is what TensorRT supports.
+  * Q/DQ on the inputs of convolutions and residual adds only, not on their outputs (NVIDIA's
+    placement for TensorRT): a Q/DQ on a convolution's output quantizes the pre-activation,
+    whose symmetric range (tens, both signs) leaves a few levels for the [0, 6] ReLU6 keeps;
+    on bsdata PatchCore that alone cost 0.032 image AUROC (docs/precision.md). TensorRT fuses
+    the activation into the convolution and quantizes after it.
   * biases stay float (`QuantizeBias: False`): TensorRT's parser rejects INT32 bias Q/DQ.
   * calibration: good training images through the bundle's own preprocessing; the range
     method (MinMax, Entropy or Percentile) was chosen by measurement (docs/precision.md).
@@ -78,10 +83,11 @@ def quantize_qdq(model, images, targets, op_types, activations, method, extra, p
 
 
 def convert_int8(model, backbone_nodes, images, method=DEFAULT_CALIBRATION, percentile=None, dedicated=True,
-                 skip=()):
+                 skip=(), outputs=False):
     """FP32 ModelProto (pre-processed) -> QDQ ModelProto with `backbone_nodes` (names) quantized,
     calibrated on `images` (N x H x W x 3 uint8, the bundle's preprocessing): activation
-    ranges by convert.calibrate (max, percentile or entropy)."""
+    ranges by convert.calibrate (max, percentile or entropy). `outputs`: also Q/DQ on the
+    outputs of the quantized ops (onnxruntime's default; kept to measure what it costs)."""
     from . import calibrate
 
     targets = backbone_targets(model, backbone_nodes, skip=skip)
@@ -94,6 +100,8 @@ def convert_int8(model, backbone_nodes, images, method=DEFAULT_CALIBRATION, perc
         "DedicatedQDQPair": dedicated,
         "TensorQuantOverrides": calibrate.overrides(value_ranges),
     }
+    if not outputs:
+        extra["OpTypesToExcludeOutputQuantization"] = list(QUANTIZED_OPS)
     return quantize_qdq(model, images, targets, QUANTIZED_OPS, "int8", "minmax", extra)
 
 

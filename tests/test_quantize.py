@@ -281,6 +281,18 @@ def test_variant_threshold_from_the_same_held_out_images(variants):
     assert abs(b.manifest["graphs"]["fp16"]["threshold"]["value"] - b.threshold) <= 0.01 * b.threshold
 
 
+def test_tensorrt_int8_quantizes_inputs_not_outputs(variants):
+    """NVIDIA's placement: Q/DQ on the inputs of convolutions (activation and weights), none
+    between a convolution and its activation (that would quantize the pre-activation)."""
+    m = onnx.load(Bundle(variants).graph_path("int8"))
+    prod = {o: n for n in m.graph.node for o in n.output}
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert sum(getattr(prod.get(n.input[0]), "op_type", "") == "DequantizeLinear" for n in convs) >= len(convs) - 6
+    acts = [n for n in m.graph.node if n.op_type in ("Clip", "Relu") and getattr(prod.get(n.input[0]), "op_type", "")
+            in ("DequantizeLinear", "Conv")]
+    assert acts and all(prod[n.input[0]].op_type == "Conv" for n in acts)
+
+
 def test_variant_shift_from_images_new_to_the_model():
     """The variant's threshold moves by its score difference near the threshold on images new to
     the model, not by the larger one on the images the model was fitted on (scores near zero)."""
