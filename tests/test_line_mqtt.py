@@ -150,7 +150,10 @@ def test_telemetry_is_the_run_status_contract(mosquitto):
     st = RunStatus(frames=42, rejects=3, source=Part(True, "streaming"), identity={"bundle_id": "b1"})
     io = LineIO(cfg(mosquitto)).start()
     try:
+        early = MqttWatcher(mosquitto, PREFIX + "/telemetry")
         io.telemetry(st.to_dict())
+        assert wait_until(lambda: early.on(PREFIX + "/telemetry"), timeout=5)   # the broker has it now
+        early.close()
         late = MqttWatcher(mosquitto, PREFIX + "/telemetry")          # retained: a late subscriber sees it
         assert wait_until(lambda: late.on(PREFIX + "/telemetry"), timeout=5)
         payload, retained = late.on(PREFIX + "/telemetry")[0]

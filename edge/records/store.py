@@ -172,6 +172,7 @@ class RecordStore:
         self._pending = []
         self._pending_since = None
         self._full_retry = False
+        self._late_full_note = None     # a full disk first found by a dropped commit (degrade)
         self._image_bytes = 0
         self._last_quota = time.monotonic()
         self._closed = False
@@ -463,9 +464,15 @@ class RecordStore:
             raise self._error("cannot commit records", exc) from None
         self.stats["committed"] += len(rows)
         self.stats["commits"] += 1
+        late = []
+        if self._late_full_note is not None:       # the full disk itself, found by a commit it dropped
+            late.append((self.run_id, time.time(), "records_full", _json(self._late_full_note)))
+            self._late_full_note = None
         dropped = self.full.unreported() if self.full.any() else None
         if dropped:                                # space again after drops: say what was lost
-            self._commit_pending(extra_event=(self.run_id, time.time(), "records_dropped", _json(dropped)))
+            late.append((self.run_id, time.time(), "records_dropped", _json(dropped)))
+        if late:
+            self._commit_pending(extra_event=late)
 
     def _commit_full(self, rows, events, exc):
         """A commit found the disk full (see edge/records/full.py): failsafe frees the reserve
@@ -478,6 +485,7 @@ class RecordStore:
                     return self._commit_pending(extra_event=events)
             finally:
                 self._full_retry = False
+        first = self.full.full_at is None
         if self.full.full("rows", exc):
             self._pending = rows + self._pending
             note = (self.run_id, time.time(), "records_full", _json(dict(self.full.report(), found_by="commit")))
@@ -485,6 +493,8 @@ class RecordStore:
         self.full.dropped("rows_dropped", len(rows), [r[1] for r in rows])
         if events:
             self.full.dropped("events_dropped", len(events))
+        if first:                                  # recorded with the first commit that succeeds
+            self._late_full_note = dict(self.full.report(), found_by="commit")
 
     def _checkpoint(self):
         try:
