@@ -10,17 +10,13 @@ other cameras go on. Parts seen by several cameras are joined
 by edge.runtime.parts."""
 
 import logging
-import math
 import queue
 import threading
 import time
 
-import numpy as np
-
-from ..common.errors import EdgeError
 from ..sources import SourceEnded
 from .batcher import Batcher
-from .pipeline import Stats
+from .pipeline import Stats, judge
 from .types import Decision
 
 log = logging.getLogger(__name__)
@@ -200,16 +196,8 @@ class MultiPipeline:
 
     def _decide_one(self, cam, frame, x, key, amap, score, spent, n):
         thr = cam.threshold
-        if not (math.isfinite(score) and np.isfinite(amap).all()):   # NaN passes every `>=`
-            raise EdgeError(f"engine returned a non-finite {'score' if not math.isfinite(score) else 'anomaly map'} "
-                            f"for camera {cam.id} frame {frame.seq} (score {score}): a fault, never a pass")
-        area = float(np.count_nonzero(amap >= thr)) / amap.size
-        over = score >= thr
-        reject = over and area >= cam.min_area
-        reason = "score" if reject else ("small" if over else "ok")
-        latency = time.monotonic() - frame.t_capture
-        if latency > cam.deadline_s:
-            reason = "late"
+        reject, reason, latency, area = judge(frame, amap, score, thr, cam.min_area, cam.deadline_s,
+                                              f"camera {cam.id} ")
         d = Decision(frame.seq, frame.t_capture, frame.wall, score, reject, reason, latency, area,
                      frame.encoder, frame.part_id, {"camera": cam.id, "engine_ms": spent * 1000, "batch": n,
                                                     **({"engine": cam.engine_name} if cam.engine_name else {})})

@@ -39,6 +39,22 @@ def describe_error(exc):
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def judge(frame, amap, score, thr, min_area, deadline_s, who=""):
+    """One frame's verdict: (reject, reason, latency s, defective area share). A non-finite
+    score or map is a fault (EdgeError naming `who` and the frame), never a pass."""
+    if not (math.isfinite(score) and np.isfinite(amap).all()):   # NaN passes every `>=`
+        raise EdgeError(f"engine returned a non-finite {'score' if not math.isfinite(score) else 'anomaly map'} "
+                        f"for {who}frame {frame.seq} (score {score}): a fault, never a pass")
+    area = float(np.count_nonzero(amap >= thr)) / amap.size
+    over = score >= thr
+    reject = over and area >= min_area
+    reason = "score" if reject else ("small" if over else "ok")
+    latency = time.monotonic() - frame.t_capture
+    if latency > deadline_s:
+        reason = "late"
+    return reject, reason, latency, area
+
+
 class Stats:
     """Counters and a window of recent latencies, shared between stages."""
 
@@ -329,16 +345,7 @@ class Pipeline:
         self.q_rec.put(_END)
 
     def _decide_one(self, frame, x, amap, score, spent, n, thr):
-        if not (math.isfinite(score) and np.isfinite(amap).all()):   # NaN passes every `>=`
-            raise EdgeError(f"engine returned a non-finite {'score' if not math.isfinite(score) else 'anomaly map'} "
-                            f"for frame {frame.seq} (score {score}): a fault, never a pass")
-        area = float(np.count_nonzero(amap >= thr)) / amap.size
-        over = score >= thr
-        reject = over and area >= self.min_area
-        reason = "score" if reject else ("small" if over else "ok")
-        latency = time.monotonic() - frame.t_capture
-        if latency > self.deadline_s:
-            reason = "late"
+        reject, reason, latency, area = judge(frame, amap, score, thr, self.min_area, self.deadline_s)
         d = Decision(frame.seq, frame.t_capture, frame.wall, score, reject, reason, latency, area,
                      frame.encoder, frame.part_id, {"engine_ms": spent * 1000, "batch": n})
         if self.line is not None:
