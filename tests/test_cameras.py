@@ -445,6 +445,8 @@ def test_live_page_shows_every_camera_and_the_parts(bundles, tmp_path):
         server.stop()                                          # the RTSP camera goes away mid-run
         wait(lambda: get(base + "/healthz")[0] == 503, what="/healthz 503 after lane2 stopped")
         assert b"camera lost (lane2)" in get(base + "/healthz")[1]
+        wait(lambda: json.loads(get(base + "/status.json")[1])["tiles"]["lane2"]["age_s"] > 2.5,
+             what="lane2's last frame older than the page's 2 s")        # the page says its age past 2 s
         dom = chromium(base + "/?mode=snapshot", "--dump-dom")
         assert dot(dom, "tile_lane2") == "dot bad" and figure(dom, "tile_lane2_state") == "camera lost"
         assert 'class="tile lost" id="tile_lane2"' in dom and dot(dom, "tile_top") == "dot ok"
