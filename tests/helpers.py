@@ -1,6 +1,7 @@
 """Small helpers shared by the tests."""
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -31,3 +32,13 @@ def rows(db, sql):
         return con.execute(sql).fetchall()
     finally:
         con.close()
+
+
+def tiny_copy(root, source, counts):
+    """A small MVTec-layout copy of a real category: the first `counts[sub]` files of each
+    subfolder of `source` (e.g. {"train/good": 12, "test/good": 2}); returns `root` as a str."""
+    for sub, n in counts.items():
+        os.makedirs(os.path.join(root, sub))
+        for name in sorted(os.listdir(os.path.join(source, sub)))[:n]:
+            shutil.copy(os.path.join(source, sub, name), os.path.join(root, sub, name))
+    return str(root)

@@ -17,7 +17,7 @@ from convert.graphcheck import check_graph
 from convert.quantize import quantize_bundle
 from edge.bundle.manifest import Bundle
 from edge.engines.onnxrt import OrtEngine
-from tests.helpers import PIPED, edge
+from tests.helpers import PIPED, edge, tiny_copy
 from train.methods import METHODS
 from train.settings import TrainSettings
 from train.trainer import EXPORT_TOLERANCE, train_bundle
@@ -32,12 +32,7 @@ TINY = {"train/good": 12, "test/good": 2, "test/impurity": 2, "ground_truth/impu
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny") / "PA_FLR01_TL"
-    for sub, n in TINY.items():
-        os.makedirs(root / sub)
-        for name in sorted(os.listdir(os.path.join(SOURCE, sub)))[:n]:
-            shutil.copy(os.path.join(SOURCE, sub, name), root / sub / name)
-    return str(root)
+    return tiny_copy(tmp_path_factory.mktemp("tiny") / "PA_FLR01_TL", SOURCE, TINY)
 
 
 @pytest.fixture(scope="module", params=sorted(METHODS))

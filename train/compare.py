@@ -18,7 +18,8 @@ from .methods import METHODS
 
 COLUMNS = [("method", "method", "{}"), ("image_auroc", "image AUROC", "{:.4f}"), ("pixel_auroc", "pixel AUROC", "{:.4f}"),
            ("aupro", "AUPRO", "{:.4f}"), ("f1_max", "F1-max", "{:.4f}"), ("recall", "recall at threshold", "{:.3f}"),
-           ("train_seconds", "training s", "{:.0f}"), ("fps_fp32", "FP32 frames/s (ORT, batch 1)", "{:.1f}")]
+           ("train_seconds", "training s", "{:.0f}"), ("fps_fp32", "FP32 frames/s (ORT, batch 1)", "{:.1f}"),
+           ("int8_drop", "INT8 image AUROC change", "{:+.4f}"), ("fps_int8", "INT8 frames/s (ORT, batch 1)", "{:.1f}")]
 
 
 def methods_of(text):
@@ -31,7 +32,8 @@ def methods_of(text):
     return names
 
 
-def compare(data, out, methods, size=(256, 256), epochs=None, device="auto", threads=None, score=None, seconds=3.0):
+def compare(data, out, methods, size=(256, 256), epochs=None, device="auto", threads=None, score=None, seconds=3.0,
+            int8=True):
     from .data import MvtecSet
     from .evaluate import evaluate_bundle
     from .settings import TrainSettings
@@ -41,7 +43,7 @@ def compare(data, out, methods, size=(256, 256), epochs=None, device="auto", thr
     for name in methods:
         folder = os.path.join(out, name)
         record_path = os.path.join(out, f"{name}.json")
-        settings = {"size": list(size), "epochs": epochs, "score": score, "device": device}
+        settings = {"size": list(size), "epochs": epochs, "score": score, "device": device, "int8": int8}
         key = hashlib.sha256(json.dumps([fingerprint, name, settings], sort_keys=True).encode()).hexdigest()
         if os.path.isfile(record_path) and os.path.isfile(os.path.join(folder, "manifest.yaml")):
             with open(record_path) as f:
@@ -60,6 +62,8 @@ def compare(data, out, methods, size=(256, 256), epochs=None, device="auto", thr
                "aupro": res["aupro"], "f1_max": res["f1_max"],
                "recall": c["tp"] / max(1, c["tp"] + c["fn"]), "train_seconds": train_s,
                "fps_fp32": frames_per_second(folder, threads, seconds)}
+        if int8:
+            row.update(int8_row(folder, threads, seconds))
         atomic_write_text(record_path, json.dumps({"key": key, "settings": settings, "row": row}, indent=2) + "\n")
         rows.append(row)
     table = markdown(rows)
@@ -69,8 +73,22 @@ def compare(data, out, methods, size=(256, 256), epochs=None, device="auto", thr
     return rows, table
 
 
-def frames_per_second(bundle_path, threads=None, seconds=3.0):
-    """FP32 under ONNX Runtime at batch 1: median frames per second."""
+def int8_row(folder, threads=None, seconds=3.0):
+    """`edge quantize --precision int8` with its default budget, then the INT8 graph for ONNX
+    Runtime's speed and its image AUROC drop; a refused variant is recorded with the reason."""
+    from convert.quantize import quantize_bundle
+    try:
+        entry = quantize_bundle(folder, "int8", threads=threads, log=lambda *_: None)
+    except EdgeError as e:
+        say(f"{os.path.basename(folder)}: INT8 refused: {e}")
+        return {"int8_drop": None, "fps_int8": None, "int8_note": f"refused: {e}"}
+    acc = entry.get("onnxruntime", entry)["accuracy"]
+    return {"int8_drop": -acc["auroc_drop"] if "auroc_drop" in acc else None,
+            "fps_int8": frames_per_second(folder, threads, seconds, "int8", "onnxruntime")}
+
+
+def frames_per_second(bundle_path, threads=None, seconds=3.0, precision="fp32", engine=None):
+    """A graph of the bundle under ONNX Runtime at batch 1: median frames per second."""
     import numpy as np
 
     from edge.bundle.manifest import Bundle
@@ -79,14 +97,21 @@ def frames_per_second(bundle_path, threads=None, seconds=3.0):
     b = Bundle(bundle_path)
     h, w = b.input_hw
     frames = np.random.default_rng(0).integers(0, 255, (1, h, w, 3), dtype=np.uint8)
-    return time_engine(OrtEngine(b.graph_path(), threads=threads), frames, seconds)["model_fps"]
+    return time_engine(OrtEngine(b.graph_path(precision, engine), threads=threads), frames, seconds)["model_fps"]
 
 
 def markdown(rows):
     lines = ["| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        lines.append("| " + " | ".join(fmt.format(r[k]) for k, _, fmt in COLUMNS) + " |")
+        lines.append("| " + " | ".join(cell(r, k, fmt) for k, _, fmt in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def cell(row, key, fmt):
+    v = row.get(key)
+    if v is None:
+        return "refused" if key.startswith(("int8", "fps_int8")) and row.get("int8_note") else "-"
+    return fmt.format(v)
 
 
 def plot(path, rows, title):
@@ -114,6 +139,7 @@ def add_arguments(p):
     p.add_argument("--device", default="auto", help="auto|cpu|cuda")
     p.add_argument("--score", help="image score for every method: max or top:FRACTION (default: each method's)")
     p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--no-int8", action="store_true", help="skip the INT8 variant (its accuracy drop and speed)")
 
 
 def run(args):
@@ -125,7 +151,7 @@ def run(args):
     if not os.path.isdir(os.path.join(args.data, "test")):
         raise EdgeError("edge compare needs a test split (test/good and test/<defect>)", args.data)
     rows, table = compare(args.data, args.out, methods_of(args.methods), size, args.epochs, args.device,
-                          args.threads, args.score)
+                          args.threads, args.score, int8=not args.no_int8)
     print(table, end="")
     say(f"table and plot in {args.out} (compare.md, compare.json, compare.png)")
     return 0
