@@ -63,3 +63,19 @@ def test_resume_after_interruption_gives_the_same_training(tmp_path, monkeypatch
     assert b["threshold"]["value"] == pytest.approx(a["threshold"]["value"], rel=1e-4)
     assert not os.path.exists(out + ".train-state")
     assert a["training"]["score"] == "max" and "maximum" in a["outputs"]["score"]
+
+
+def test_cpu_epochs_are_capped_in_steps_as_a_set_grows():
+    from train.loop import CPU_REFERENCE_IMAGES, default_epochs
+    from train.methods.stpm import STPM
+    e_cpu, e_cuda = STPM.epochs
+    # A small set (PIPED's 22 fitted images at batch 8): the method's CPU epochs, unchanged.
+    assert default_epochs(STPM, 22, 8, "cpu") == (e_cpu, f"the method's CPU default ({e_cpu})")
+    # 316 images: 40 steps an epoch; no more steps than the CPU epochs take on 24 images.
+    epochs, rule = default_epochs(STPM, 316, 8, "cpu")
+    budget = e_cpu * -(-CPU_REFERENCE_IMAGES // 8)
+    assert epochs == budget // 40 and epochs * 40 <= budget and "capped" in rule
+    assert default_epochs(STPM, 100000, 8, "cpu")[0] == 1
+    # CUDA and --epochs are not capped.
+    assert default_epochs(STPM, 316, 8, "cuda")[0] == e_cuda
+    assert default_epochs(STPM, 316, 8, "cpu", given=7) == (7, "--epochs")

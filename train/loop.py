@@ -6,6 +6,7 @@ calibration (no gradients). Ctrl-C keeps the last checkpoint; the same command r
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -98,9 +99,33 @@ def train_method(method, graph, fit_imgs, hold_imgs, settings, device, log=say, 
     return record
 
 
+# A method's CPU epochs are set for a small set; on a larger one a CPU trains no more steps than
+# those epochs take on this many images, so that CPU training time stays bounded as a set grows.
+CPU_REFERENCE_IMAGES = 24
+
+
+def default_epochs(method, n_fit, bs, device, given=None):
+    """(epochs, rule): `given` (--epochs) if set; on CUDA the method's CUDA epochs; on a CPU its
+    CPU epochs, capped at the steps they take on CPU_REFERENCE_IMAGES images (at least one)."""
+    if given is not None:
+        return given, "--epochs"
+    if device == "cuda":
+        return method.epochs[1], "the method's CUDA default"
+    per_epoch = max(1, math.ceil(n_fit / bs))
+    budget = method.epochs[0] * math.ceil(CPU_REFERENCE_IMAGES / bs)
+    epochs = max(1, min(method.epochs[0], budget // per_epoch))
+    rule = f"the method's CPU default ({method.epochs[0]})"
+    if epochs < method.epochs[0]:
+        rule += (f", capped at {budget} steps (what it takes on {CPU_REFERENCE_IMAGES} images): "
+                 f"{epochs} epochs of {per_epoch} steps")
+    return epochs, rule
+
+
 def _epochs(method, graph, fit_imgs, hold_imgs, settings, device, bs, log):
     scorer = graph.scorer
-    epochs = settings.epochs if settings.epochs is not None else method.epochs[device == "cuda"]
+    epochs, rule = default_epochs(method, len(fit_imgs), bs, device, settings.epochs)
+    if "capped" in rule:
+        log(f"{method.name}: {rule}; --epochs N trains longer")
     method.total_epochs = epochs
     opts = method.optimizers()
     amp = device == "cuda"
@@ -179,7 +204,7 @@ def _epochs(method, graph, fit_imgs, hold_imgs, settings, device, bs, log):
         scorer.load_state_dict(best_state)
     scorer.eval()
     ckpt.clear()
-    return {"epochs": epochs, "epochs_run": len(history), "loss_history": history,
+    return {"epochs": epochs, "epochs_rule": rule, "epochs_run": len(history), "loss_history": history,
             "batch_size": bs, "amp": amp, "train_seconds": round(time.monotonic() - t0, 2)}
 
 

@@ -64,4 +64,7 @@ def setup(fmt="text", level=logging.INFO):
             logger.removeHandler(old)
         logger.addHandler(handler)
         logger.setLevel(level)
+        # This handler writes them; a root handler that an imported library sets up (onnxruntime's
+        # quantization calls logging.basicConfig on import) would print every line twice.
+        logger.propagate = False
     return handler
