@@ -426,7 +426,7 @@ def over_budget(acc, limits):
     if acc.get("integer_vs_float_max_rel", 0) > limits["kernel_tolerance"]:
         why.append(f"this CPU's integer kernels ({acc['evaluated_on']}) differ from the quantized arithmetic by "
                    f"{acc['integer_vs_float_max_rel']:.1%} of the threshold (> {limits['kernel_tolerance']:.0%}): "
-                   f"they saturate")
+                   f"the kernels saturate, or the head magnifies their rounding")
     return why
 
 

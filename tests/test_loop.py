@@ -73,8 +73,10 @@ def test_cpu_epochs_are_capped_in_steps_as_a_set_grows():
     assert default_epochs(STPM, 22, 8, "cpu") == (e_cpu, f"the method's CPU default ({e_cpu})")
     # 316 images: 40 steps an epoch; no more steps than the CPU epochs take on 24 images.
     epochs, rule = default_epochs(STPM, 316, 8, "cpu")
-    budget = e_cpu * -(-CPU_REFERENCE_IMAGES // 8)
-    assert epochs == budget // 40 and epochs * 40 <= budget and "capped" in rule
+    budget = e_cpu * -(-CPU_REFERENCE_IMAGES // 8)          # STPM has no budget of its own
+    assert STPM.cpu_steps is None and epochs == budget // 40 and "capped" in rule
+    from train.methods.cflow import CFlow
+    assert default_epochs(CFlow, 316, 8, "cpu")[0] == min(CFlow.epochs[0], CFlow.cpu_steps // 40)
     assert default_epochs(STPM, 100000, 8, "cpu")[0] == 1
     # CUDA and --epochs are not capped.
     assert default_epochs(STPM, 316, 8, "cuda")[0] == e_cuda

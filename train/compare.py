@@ -83,7 +83,7 @@ def int8_row(folder, threads=None, seconds=3.0):
         say(f"{os.path.basename(folder)}: INT8 refused: {e}")
         return {"int8_drop": None, "fps_int8": None, "int8_note": f"refused: {e}"}
     acc = entry.get("onnxruntime", entry)["accuracy"]
-    return {"int8_drop": -acc["auroc_drop"] if "auroc_drop" in acc else None,
+    return {"int8_drop": 0.0 - acc["auroc_drop"] if "auroc_drop" in acc else None,
             "fps_int8": frames_per_second(folder, threads, seconds, "int8", "onnxruntime")}
 
 

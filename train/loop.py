@@ -99,25 +99,25 @@ def train_method(method, graph, fit_imgs, hold_imgs, settings, device, log=say, 
     return record
 
 
-# A method's CPU epochs are set for a small set; on a larger one a CPU trains no more steps than
-# those epochs take on this many images, so that CPU training time stays bounded as a set grows.
+# A method's CPU epochs are set for a small set. On a larger one a CPU trains no more steps than
+# the method's `cpu_steps` (by default: what its CPU epochs take on this many images), so that
+# CPU training time stays bounded as a set grows.
 CPU_REFERENCE_IMAGES = 24
 
 
 def default_epochs(method, n_fit, bs, device, given=None):
     """(epochs, rule): `given` (--epochs) if set; on CUDA the method's CUDA epochs; on a CPU its
-    CPU epochs, capped at the steps they take on CPU_REFERENCE_IMAGES images (at least one)."""
+    CPU epochs, capped at its CPU step budget (at least one epoch)."""
     if given is not None:
         return given, "--epochs"
     if device == "cuda":
         return method.epochs[1], "the method's CUDA default"
     per_epoch = max(1, math.ceil(n_fit / bs))
-    budget = method.epochs[0] * math.ceil(CPU_REFERENCE_IMAGES / bs)
+    budget = method.cpu_steps or method.epochs[0] * math.ceil(CPU_REFERENCE_IMAGES / bs)
     epochs = max(1, min(method.epochs[0], budget // per_epoch))
     rule = f"the method's CPU default ({method.epochs[0]})"
     if epochs < method.epochs[0]:
-        rule += (f", capped at {budget} steps (what it takes on {CPU_REFERENCE_IMAGES} images): "
-                 f"{epochs} epochs of {per_epoch} steps")
+        rule += f", capped at its CPU budget of {budget} steps: {epochs} epochs of {per_epoch} steps"
     return epochs, rule
 
 

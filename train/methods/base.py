@@ -33,6 +33,8 @@ class Method:
     map_kind = "native"
     uses_backbone = True
     epochs = (0, 0)            # CPU, CUDA
+    cpu_steps = None           # CPU step budget on a large set (train.loop.default_epochs); None: the
+                               # steps its CPU epochs take on 24 images
     batch_size = 8
     lr = 1e-3
     default_score = "max"
