@@ -200,3 +200,20 @@ def test_quantize_adds_the_variants_reference_scores(bundle, tmp_path):
     # `edge threshold` moves the variant's threshold with the bundle's.
     assert edge("threshold", path, "--value", "100").returncode == 0
     assert Bundle(path).threshold_for("fp16") == pytest.approx(100 + thr["shift"])
+
+
+def test_held_out_blocks_are_short_runs_spread_over_the_order():
+    from edge.common.oppoint import BLOCK_IMAGES, DEFAULT_GUARD, held_out_blocks
+    # A small set (PIPED's 32): one tail block, the gap before it used for neither.
+    fit, hold, gap, m = held_out_blocks(32)
+    assert (m, hold, gap) == (1, list(range(26, 32)), DEFAULT_GUARD) and fit == list(range(0, 22))
+    # A large set ordered by camera position (bsdata's 400): blocks of about BLOCK_IMAGES, spread,
+    # the last at the end; no held-out image within the guard of a fitted one.
+    fit, hold, gap, m = held_out_blocks(400)
+    assert m == 5 and len(hold) == 80 and hold[-1] == 399 and gap == DEFAULT_GUARD
+    runs = np.split(np.array(hold), np.where(np.diff(hold) > 1)[0] + 1)
+    assert len(runs) == m and all(abs(len(r) - BLOCK_IMAGES) <= 1 for r in runs)
+    assert runs[0][-1] < 400 // 4                                 # spread, not all at the tail
+    assert not set(fit) & set(hold)
+    assert min(abs(f - h) for f in fit for h in hold) > gap
+    assert len(fit) == 400 - 80 - gap * (2 * m - 1)

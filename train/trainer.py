@@ -118,13 +118,15 @@ def holdout_plan(s, method, train_paths, val_paths):
         return train_paths, val_paths, "validation", "validation/good", {
             "rule": "validation/good, scored by the bundle's model", "images": len(val_paths)}
     if method.trains():
-        fit, hold, gap = op.tail_block(n, s.holdout, op.DEFAULT_GUARD)
-        source = (f"train/good's last {len(hold)} images in the data set's order (a contiguous tail block, "
-                  f"{s.holdout:g} of {n}), the {gap} images before it used for neither, scored by the bundle's model")
+        fit, hold, gap, m = op.held_out_blocks(n, s.holdout, op.DEFAULT_GUARD)
+        where = ("a contiguous tail block" if m == 1 else
+                 f"{m} contiguous blocks of about {len(hold) // m} images spread over the order, the last at its end")
+        source = (f"{len(hold)} of train/good's {n} images ({s.holdout:g}) in {where}, the {gap} images either side "
+                  f"of each block used for neither, scored by the bundle's model")
         return ([train_paths[i] for i in fit], [train_paths[i] for i in hold], "block", source,
-                {"rule": f"tail block: the last {s.holdout:g} of train/good in its order, a gap of {gap} images "
-                         f"before it; used for early stopping and the threshold", "images": len(hold),
-                 "gap": gap, "fit_images": len(fit)})
+                {"rule": f"held-out blocks: {s.holdout:g} of train/good in {where}, a gap of {gap} images either side; "
+                         f"used for early stopping and the threshold", "images": len(hold),
+                 "blocks": m, "gap": gap, "fit_images": len(fit)})
     op.contiguous_folds(n, s.folds)                      # at least 4 images
     source = (f"train/good in {min(s.folds, n // 2)} contiguous folds of its order, each scored by a model fitted "
               f"without it and without {op.DEFAULT_GUARD} images either side")

@@ -24,7 +24,8 @@ DEFAULT_GUARD = 4                # images either side of a fold left out of its 
 CONFIDENCE = 0.95
 OUTLIER_Z = 5.0                 # robust z (median / MAD of log scores) above which a score is an outlier
 MAX_OUTLIER_SHARE = 0.05        # at most this share (at least 1) is set aside as outliers
-DEFAULT_HOLDOUT_BLOCK = 0.2     # methods that train networks: share of train/good held out as its tail block
+DEFAULT_HOLDOUT_BLOCK = 0.2     # methods that train networks: share of train/good held out in blocks
+BLOCK_IMAGES = 16               # ... in blocks of about this many images, spread over the order
 RULE = "quantile"
 HOLDOUT_FILE = "holdout.json"   # in the bundle: the held-out images' names, folds and scores
 
@@ -50,17 +51,31 @@ def fit_indices(n, start, end, guard=DEFAULT_GUARD):
     return idx
 
 
-def tail_block(n, fraction=DEFAULT_HOLDOUT_BLOCK, guard=DEFAULT_GUARD):
-    """(fit indices, held-out indices, gap) for a model that cannot be refitted per fold (one
-    that trains networks): the last `fraction` of the data set's order is held out as one
-    contiguous block, and the `gap` images just before it (up to `guard`; fewer on a small set,
-    so that at least half of the images remain to fit) are used for neither, so that no held-out
-    image has a near-twin among the fitted ones."""
+def held_out_blocks(n, fraction=DEFAULT_HOLDOUT_BLOCK, guard=DEFAULT_GUARD, block=BLOCK_IMAGES):
+    """(fit indices, held-out indices, gap, blocks) for a model that cannot be refitted per fold
+    (one that trains networks): `fraction` of the data set's order is held out in contiguous
+    blocks of about `block` images, spread evenly over the order with the last one at its end (a
+    small set: one tail block), and the `gap` images either side of each block (up to `guard`;
+    fewer on a small set, so that at least half of the images remain to fit) are used for
+    neither, so that no held-out image has a near-twin among the fitted ones. Short blocks
+    spread over the order hold out images new to the model without holding out a whole run
+    (a camera position, a lot) that the model never sees at all."""
     if n < 4:
         raise EdgeError(f"train split has {n} images; at least 4 are needed (a block is held out for the threshold)")
     k = min(n - 2, max(2, int(round(n * float(fraction)))))
-    gap = max(0, min(int(guard), n - k - max(2, (n - k) // 2)))
-    return list(range(0, n - k - gap)), list(range(n - k, n)), gap
+    m = max(1, int(round(k / float(block))))
+    sizes = np.diff(np.linspace(0, k, m + 1).round().astype(int))
+    # Block j ends at (j + 1) / m of the order: the last one is the tail.
+    ends = [int(round(n * (j + 1) / m)) for j in range(m)]
+    gap = max(0, min(int(guard), (n - k - max(2, (n - k) // 2)) // (2 * m - 1)))
+    hold, unused = [], set()
+    for size, end in zip(sizes, ends):
+        hold += list(range(end - size, end))
+        unused.update(range(max(0, end - size - gap), end - size))
+        unused.update(range(end, min(n, end + gap)))
+    unused -= set(hold)
+    fit = [i for i in range(n) if i not in unused and i not in set(hold)]
+    return fit, hold, gap, m
 
 
 # ---- binomial uncertainty ---------------------------------------------------------------
