@@ -117,7 +117,7 @@ def default_epochs(method, n_fit, bs, device, given=None):
     epochs = max(1, min(method.epochs[0], budget // per_epoch))
     rule = f"the method's CPU default ({method.epochs[0]})"
     if epochs < method.epochs[0]:
-        rule += f", capped at its CPU budget of {budget} steps: {epochs} epochs of {per_epoch} steps"
+        rule += f", capped at its CPU budget of {budget} steps: {epochs} epoch(s) of {per_epoch} steps"
     return epochs, rule
 
 

@@ -58,7 +58,7 @@ class CFlowScorer(nn.Module):
 class CFlow(Method):
     name = "cflow"
     epochs = (20, 100)
-    cpu_steps = 600            # about 5 min on a 2-core x86 at 256 x 256 (0.4 s a step)
+    cpu_steps = 600            # bsdata (284 fitted images, 256 x 256), 2-core x86: 262 s (16 epochs)
     batch_size = 8
     lr = 2e-4
 
