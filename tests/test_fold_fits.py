@@ -6,6 +6,7 @@ import torch
 from edge.common import oppoint as op
 from train.methods.base import Context
 from train.methods.padim import Padim
+from train.methods import patchcore
 from train.methods.patchcore import FoldCoresets, PatchCore, bank_size, greedy_coreset, nearest
 
 CTX = Context((64, 64))
@@ -44,6 +45,16 @@ def test_one_coreset_fold_banks_leave_out_and_cover_again():
             assert float(nearest(cs.z[rows], cs.zz[rows], cs.z[kept], cs.zz[kept])[0].max()) > cs.radius
             covered += 1
     assert covered >= 2
+
+
+def test_fold_banks_from_the_nearest_entries_equal_those_from_the_whole_bank(monkeypatch):
+    """A patch whose nearest entry was removed takes the first kept one of its NEAR nearest; with
+    NEAR = 1 every such patch is compared with the whole bank: the banks must be the same."""
+    x, fits = clustered(40, 16), [op.fit_indices(40, a, b) for a, b in op.contiguous_folds(40, 5)]
+    fast = [FoldCoresets(x, 16, 0.5, 48, 8, 0).fold(f) for f in fits]
+    monkeypatch.setattr(patchcore, "NEAR", 1)
+    full = [FoldCoresets(x, 16, 0.5, 48, 8, 0).fold(f) for f in fits]
+    assert all(torch.equal(a, b) for a, b in zip(fast, full))
 
 
 def test_patchcore_final_fit_reuses_the_folds_coreset():

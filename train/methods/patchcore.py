@@ -54,15 +54,19 @@ def greedy_coreset(x, k, dims=32, seed=0, progress=None):
     return _greedy(z, (z * z).sum(1), k, torch.full((n,), float("inf")), first, progress)
 
 
-def nearest(zq, zzq, zc, zzc, chunk=8192):
-    """(squared distance, index) of each query row's nearest centre, in chunks of rows."""
-    dist, arg = torch.empty(zq.shape[0]), torch.empty(zq.shape[0], dtype=torch.long)
+def nearest(zq, zzq, zc, zzc, k=None, chunk=8192):
+    """(squared distance, index) of each query row's nearest centre, or with k the k nearest
+    (N x k, nearest first), in chunks of rows."""
+    dist, arg = torch.empty(zq.shape[0], k or 1), torch.empty(zq.shape[0], k or 1, dtype=torch.long)
     zc_t = (-2.0 * zc).t().contiguous()
     for i in range(0, zq.shape[0], chunk):
         d = torch.addmm(zzc.unsqueeze(0), zq[i:i + chunk], zc_t)
         d.add_(zzq[i:i + chunk].unsqueeze(1))
-        torch.min(d, 1, out=(dist[i:i + chunk], arg[i:i + chunk]))
-    return dist, arg
+        if k is None:
+            torch.min(d, 1, keepdim=True, out=(dist[i:i + chunk], arg[i:i + chunk]))
+        else:
+            torch.topk(d, k, 1, largest=False, out=(dist[i:i + chunk], arg[i:i + chunk]))
+    return (dist[:, 0], arg[:, 0]) if k is None else (dist, arg)
 
 
 class FoldCoresets:
@@ -75,8 +79,9 @@ class FoldCoresets:
     coreset's radius (the largest distance of any patch to its nearest entry), or the bank holds
     as many entries as the fold's own images would give (coreset_ratio x their patches, at most
     max_bank). The fold's model thus keeps the coreset's guarantee (every fitted patch within its
-    radius of the bank) at the cost of a matrix product over the removed entries' patches, not a
-    coreset of its own per fold."""
+    radius of the bank) at the cost of a look-up in each patch's NEAR nearest entries (found
+    once for all folds) and a short selection over the removed entries' patches, not a coreset
+    of its own per fold."""
 
     def __init__(self, patches, per_image, ratio, max_bank, dims, seed, progress=None):
         self.patches, self.per_image = patches, int(per_image)
@@ -90,7 +95,7 @@ class FoldCoresets:
         else:
             first = int(torch.randint(n, (1,), generator=g))
             self.idx = _greedy(self.z, self.zz, self.k, torch.full((n,), float("inf")), first, progress)
-        self.near = self.radius = None
+        self.near = self.near_d = self.by_entry = self.starts = self.radius = None
 
     def fold(self, fit_images):
         """Bank indices (rows of `patches`) of a model fitted on the images `fit_images` only."""
@@ -99,18 +104,29 @@ class FoldCoresets:
         keep_img[torch.as_tensor(list(fit_images), dtype=torch.long)] = True
         kept = keep_img[self.idx // self.per_image]
         base = self.idx[kept]
-        allowed = keep_img.repeat_interleave(self.per_image).nonzero().flatten()
-        picks = bank_size(allowed.numel(), self.ratio, self.max_bank) - base.numel()
+        picks = bank_size(int(keep_img.sum()) * self.per_image, self.ratio, self.max_bank) - base.numel()
         if picks <= 0 or kept.all():
             return base
-        if self.near is None:     # each patch's nearest coreset entry, once for all folds
-            min_d, self.near = nearest(self.z, self.zz, self.z[self.idx], self.zz[self.idx])
-            self.radius = float(min_d.max())
-        lost = allowed[~kept[self.near[allowed]]]        # fitted patches whose nearest entry was removed
+        if self.radius is None:   # each patch's NEAR nearest coreset entries, once for all folds
+            self.near_d, self.near = nearest(self.z, self.zz, self.z[self.idx], self.zz[self.idx], k=NEAR)
+            self.radius = float(self.near_d[:, 0].max())
+            self.by_entry = self.near[:, 0].argsort()    # patches grouped by their nearest entry
+            self.starts = torch.cat([torch.zeros(1, dtype=torch.long),
+                                     torch.bincount(self.near[:, 0], minlength=self.idx.numel()).cumsum(0)])
+        removed = (~kept).nonzero().flatten().tolist()
+        lost = torch.cat([self.by_entry[self.starts[j]:self.starts[j + 1]] for j in removed])
+        lost = lost[keep_img[lost // self.per_image]]    # fitted patches whose nearest entry was removed
         if lost.numel() == 0:
             return base
         zl, zzl = self.z[lost], self.zz[lost]
-        min_d = nearest(zl, zzl, self.z[base], self.zz[base])[0]
+        # Their distance to the bank less the removed entries: the first kept one among their
+        # NEAR nearest entries where there is one (exact), else a product with the whole bank.
+        alive = kept[self.near[lost]]
+        first = alive.float().argmax(1)
+        min_d = self.near_d[lost].gather(1, first.unsqueeze(1)).squeeze(1)
+        none = ~alive.any(1)
+        if none.any():
+            min_d[none] = nearest(zl[none], zzl[none], self.z[base], self.zz[base])[0]
         extra, d = [], torch.empty(lost.numel())
         while len(extra) < picks:
             last = int(torch.argmax(min_d))
@@ -121,6 +137,9 @@ class FoldCoresets:
             d.mul_(-2).add_(zzl).add_(zzl[last])
             torch.minimum(min_d, d, out=min_d)
         return torch.cat([base, torch.as_tensor(extra, dtype=torch.long)])
+
+
+NEAR = 4      # nearest coreset entries kept per patch for the fold banks
 
 
 def bank_size(patches, ratio, max_bank):
