@@ -191,6 +191,7 @@ class PatchCore(StatisticsMethod):
         if self._coresets is not None and self._coresets[0] is emb:     # the folds' coreset, reused
             cs = self._coresets[1]
             self.bank, self.n_patches = cs.patches[cs.idx].clone(), cs.patches.shape[0]
+            self._coresets = None                                         # its patches are not kept
             return
         patches = self._patches(emb)
         k = bank_size(patches.shape[0], self.coreset_ratio, self.max_bank)
