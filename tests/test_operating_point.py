@@ -38,6 +38,11 @@ def test_folds_are_contiguous_and_guarded():
     assert not set(range(10, 21)) & set(fit) and len(fit) == 32 - 11
     with pytest.raises(EdgeError, match="at least 4"):
         op.contiguous_folds(3)
+    # auto: 5 folds on a small set, more on a large one so that a fold stays a short run.
+    assert len(op.contiguous_folds(32)) == op.DEFAULT_FOLDS
+    big = op.contiguous_folds(400)
+    assert len(big) == 400 // op.FOLD_IMAGES and max(b - a for a, b in big) <= op.FOLD_IMAGES
+    assert len(op.contiguous_folds(400, 5)) == 5 and op.fold_count(401) == 41
     # A small set: the guard shrinks so that every fold's model still sees half the others.
     for a, b in op.contiguous_folds(6, 5):
         assert len(op.fit_indices(6, a, b)) >= 2 and not set(range(a, b)) & set(op.fit_indices(6, a, b))

@@ -45,6 +45,16 @@ def parse_roi(text):
     return tuple(roi)
 
 
+def parse_folds(text):
+    """auto (None) or a whole number of folds (TrainSettings checks that it is 2 or more)."""
+    if str(text).lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise EdgeError(f"--folds must be auto or a whole number of folds (2 or more), got '{text}'") from None
+
+
 def parse_params(items):
     out = {}
     for item in items or []:
@@ -74,9 +84,10 @@ def add_arguments(p):
     p.add_argument("--false-reject", type=float, default=op.DEFAULT_FALSE_REJECT, metavar="RATE",
                    help=f"target share of good parts rejected: the threshold is set for it from held-out "
                         f"good images (default {op.DEFAULT_FALSE_REJECT:g}; see docs/operating-point.md)")
-    p.add_argument("--folds", type=int, default=op.DEFAULT_FOLDS,
+    p.add_argument("--folds", default="auto", metavar="auto|N",
                    help=f"contiguous folds of train/good, each scored by a model fitted without it, for the "
-                        f"threshold (default {op.DEFAULT_FOLDS}; unused where validation/good exists)")
+                        f"threshold (default auto: {op.DEFAULT_FOLDS}, or more on a large set so that a fold holds "
+                        f"at most {op.FOLD_IMAGES} images; unused where validation/good exists)")
     p.add_argument("--holdout", type=float, default=op.DEFAULT_HOLDOUT_BLOCK, metavar="FRACTION",
                    help=f"methods that train networks: the tail block of train/good (this share of its order, "
                         f"after a gap of {op.DEFAULT_GUARD} images) held out for early stopping and the threshold "
@@ -114,7 +125,7 @@ def run(args):
         size = auto_size(args.data, size[1], roi)
     try:
         settings = TrainSettings(args.method, args.data, args.out, size, args.backbone, args.weights,
-                                 roi, args.false_reject, args.folds, args.sigma, parse_params(args.param),
+                                 roi, args.false_reject, parse_folds(args.folds), args.sigma, parse_params(args.param),
                                  evaluate=not args.no_eval and os.path.isdir(os.path.join(args.data, "test")),
                                  threads=args.threads, device=args.device, epochs=args.epochs,
                                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, patience=args.patience,

@@ -18,7 +18,8 @@ class TrainSettings:
     weights: Optional[str] = None                # local checkpoint for the backbone
     roi: Optional[Tuple[int, int, int, int]] = None   # x, y, w, h in source pixels
     false_reject: float = 0.01                   # target share of good parts rejected (the operating point)
-    folds: int = 5                               # contiguous folds of train/good scored for the threshold
+    folds: Optional[int] = None                  # contiguous folds of train/good scored for the threshold
+                                                 # (None: auto, edge.common.oppoint.fold_count)
     sigma: float = 4.0                           # Gaussian smoothing of the map, pixels
     method_params: dict = dataclasses.field(default_factory=dict)
     evaluate: bool = True                        # evaluate on the test split when it exists
@@ -57,8 +58,8 @@ class TrainSettings:
         if not _is_num(self.false_reject) or not 0 < self.false_reject < 0.5:
             _bad("false_reject", f"must be a fraction of good parts above 0 and below 0.5 (0.01 = 1 %), "
                                  f"got {self.false_reject!r}")
-        if not _is_int(self.folds) or self.folds < 2:
-            _bad("folds", f"must be 2 or more, got {self.folds!r}")
+        if self.folds is not None and (not _is_int(self.folds) or self.folds < 2):
+            _bad("folds", f"must be auto or 2 or more, got {self.folds!r}")
         if not _is_num(self.holdout) or not 0 < self.holdout < 1:
             _bad("holdout", f"must be a fraction between 0 and 1 (exclusive), got {self.holdout!r}")
         if not _is_num(self.sigma) or not 0 <= self.sigma <= 64:

@@ -88,13 +88,20 @@ def fold_scores(method, graph, images, settings, device, progress=None):
     bs = settings.batch_size or method.batch_size
     graph.to(device).eval()
     feats = None
+    t0 = time.monotonic()
     with torch.no_grad():
         if hasattr(method, "fold_features"):
             feats = method.fold_features(batches_of(graph, images, bs, device))
+        t_feats = time.monotonic() - t0
+        fits = [op.fit_indices(n, a, b, op.DEFAULT_GUARD) for a, b in parts]
+        heads = None
+        if feats is not None:
+            heads = (method.fold_heads(feats, fits) if hasattr(method, "fold_heads")
+                     else (method.fold_head(_take(feats, fit)) for fit in fits))
         for f, (a, b) in enumerate(parts):
-            fit = op.fit_indices(n, a, b, op.DEFAULT_GUARD)
-            if feats is not None:
-                head = method.fold_head(_take(feats, fit)).to(device)
+            fit = fits[f]
+            if heads is not None:
+                head = next(heads).to(device)
                 out = torch.cat([graph.reduce(head(_to(_take(feats, range(i, min(i + bs, b))), device)))[1].cpu()
                                  for i in range(a, b, bs)])
             else:
@@ -108,7 +115,8 @@ def fold_scores(method, graph, images, settings, device, progress=None):
             if progress:
                 progress(f + 1, len(parts))
     graph.to("cpu")
-    return scores, fold_of, feats
+    timing = {"feature_seconds": round(t_feats, 2), "fold_seconds": round(time.monotonic() - t0 - t_feats, 2)}
+    return scores, fold_of, feats, timing
 
 
 def holdout_plan(s, method, train_paths, val_paths):
@@ -127,11 +135,12 @@ def holdout_plan(s, method, train_paths, val_paths):
                 {"rule": f"held-out blocks: {s.holdout:g} of train/good in {where}, a gap of {gap} images either side; "
                          f"used for early stopping and the threshold", "images": len(hold),
                  "blocks": m, "gap": gap, "fit_images": len(fit)})
-    op.contiguous_folds(n, s.folds)                      # at least 4 images
-    source = (f"train/good in {min(s.folds, n // 2)} contiguous folds of its order, each scored by a model fitted "
+    k = len(op.contiguous_folds(n, s.folds))             # at least 4 images
+    source = (f"train/good in {k} contiguous folds of its order, each scored by a model fitted "
               f"without it and without {op.DEFAULT_GUARD} images either side")
+    how = "auto" if s.folds is None else "--folds"
     return train_paths, train_paths, "folds", source, {
-        "rule": f"contiguous folds ({s.folds}), the method refitted per fold", "images": n}
+        "rule": f"contiguous folds ({k}, {how}), the method refitted per fold", "images": n}
 
 
 def export_check_images(fit_imgs, hold_imgs, kind, count=16):
@@ -188,10 +197,12 @@ def train_bundle(settings):
     fit_imgs = load_images(fit_paths, pre, Progress("reading images", len(fit_paths)))
     hold_imgs = fit_imgs if hold_paths is fit_paths else load_images(hold_paths, pre)
     fold_of = feats = None
+    timing = {}
     if kind == "folds":
-        hold_scores, fold_of, feats = fold_scores(method, graph, fit_imgs, s, device,
-                                                  Progress(f"scoring {s.folds} held-out folds", s.folds))
+        hold_scores, fold_of, feats, timing = fold_scores(method, graph, fit_imgs, s, device,
+                                                  Progress("scoring held-out folds", 1))
     record = train_method(method, graph, fit_imgs, hold_imgs, s, device, features=feats)
+    record.update(timing)
     del feats
     t_fit = time.monotonic() - t0
     hold_names = [os.path.relpath(p, ds.root) for p in hold_paths]

@@ -19,7 +19,8 @@ import numpy as np
 from .errors import EdgeError
 
 DEFAULT_FALSE_REJECT = 0.01     # see docs: 1 % is what a few hundred good images can show
-DEFAULT_FOLDS = 5
+DEFAULT_FOLDS = 5               # folds on a small set (auto: more on a large one, see FOLD_IMAGES)
+FOLD_IMAGES = 10                # auto: folds no longer than this on a large set (docs/operating-point.md)
 DEFAULT_GUARD = 4                # images either side of a fold left out of its model: a few frames of a run
 CONFIDENCE = 0.95
 OUTLIER_Z = 5.0                 # robust z (median / MAD of log scores) above which a score is an outlier
@@ -30,11 +31,20 @@ RULE = "quantile"
 HOLDOUT_FILE = "holdout.json"   # in the bundle: the held-out images' names, folds and scores
 
 
-def contiguous_folds(n, folds=DEFAULT_FOLDS):
-    """[(start, end)] of `folds` contiguous blocks covering range(n), sizes differing by one."""
+def fold_count(n, folds=None):
+    """The number of folds for n images: `folds` where given, else (auto) DEFAULT_FOLDS, or more
+    on a large set so that no fold is longer than FOLD_IMAGES images."""
+    if folds is None or folds == "auto":
+        return max(DEFAULT_FOLDS, math.ceil(n / FOLD_IMAGES))
+    return int(folds)
+
+
+def contiguous_folds(n, folds=None):
+    """[(start, end)] of contiguous blocks covering range(n), sizes differing by one: `folds` of
+    them, or fold_count(n) (auto), at most n // 2."""
     if n < 4:
         raise EdgeError(f"train split has {n} images; at least 4 are needed (scored in folds for the threshold)")
-    k = max(2, min(int(folds), n // 2))
+    k = max(2, min(fold_count(n, folds), n // 2))
     edges = np.linspace(0, n, k + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
