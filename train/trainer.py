@@ -32,7 +32,7 @@ from .export import agreement, export_onnx, torch_infer
 from .graph import AnomalyGraph, parse_score, score_name
 from .loop import batches_of, resolve_device, train_method
 from .methods import get_method
-from .methods.base import Context
+from .methods.base import Context, take
 
 TORCH_FILE = "model.torchscript.pt"
 
@@ -68,11 +68,6 @@ def build_method(s, device):
     return method, graph
 
 
-def _take(feats, idx):
-    idx = torch.as_tensor(np.asarray(idx, np.int64))
-    return [f.index_select(0, idx) for f in feats] if isinstance(feats, (list, tuple)) else feats.index_select(0, idx)
-
-
 def _to(feats, device):
     return [f.to(device) for f in feats] if isinstance(feats, (list, tuple)) else feats.to(device)
 
@@ -94,15 +89,12 @@ def fold_scores(method, graph, images, settings, device, progress=None):
             feats = method.fold_features(batches_of(graph, images, bs, device))
         t_feats = time.monotonic() - t0
         fits = [op.fit_indices(n, a, b, op.DEFAULT_GUARD) for a, b in parts]
-        heads = None
-        if feats is not None:
-            heads = (method.fold_heads(feats, fits) if hasattr(method, "fold_heads")
-                     else (method.fold_head(_take(feats, fit)) for fit in fits))
+        heads = method.fold_heads(feats, fits) if feats is not None else None
         for f, (a, b) in enumerate(parts):
             fit = fits[f]
             if heads is not None:
                 head = next(heads).to(device)
-                out = torch.cat([graph.reduce(head(_to(_take(feats, range(i, min(i + bs, b))), device)))[1].cpu()
+                out = torch.cat([graph.reduce(head(_to(take(feats, range(i, min(i + bs, b))), device)))[1].cpu()
                                  for i in range(a, b, bs)])
             else:
                 m, g = build_method(settings, device)

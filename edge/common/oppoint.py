@@ -34,7 +34,7 @@ HOLDOUT_FILE = "holdout.json"   # in the bundle: the held-out images' names, fol
 def fold_count(n, folds=None):
     """The number of folds for n images: `folds` where given, else (auto) DEFAULT_FOLDS, or more
     on a large set so that no fold is longer than FOLD_IMAGES images."""
-    if folds is None or folds == "auto":
+    if folds is None:
         return max(DEFAULT_FOLDS, math.ceil(n / FOLD_IMAGES))
     return int(folds)
 
@@ -83,8 +83,8 @@ def held_out_blocks(n, fraction=DEFAULT_HOLDOUT_BLOCK, guard=DEFAULT_GUARD, bloc
         hold += list(range(end - size, end))
         unused.update(range(max(0, end - size - gap), end - size))
         unused.update(range(end, min(n, end + gap)))
-    unused -= set(hold)
-    fit = [i for i in range(n) if i not in unused and i not in set(hold)]
+    unused.update(hold)
+    fit = [i for i in range(n) if i not in unused]
     return fit, hold, gap, m
 
 

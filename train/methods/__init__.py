@@ -33,9 +33,9 @@ are the same for every method.
                             threshold's fold scoring refits per fold), the final fit from the
                             same features. Methods that train networks are held out by a tail
                             block instead (docs/methods.md).
-  fold_heads(features, fits)  optional: yields the head of each fold's model (fits[i]: the
-                            indices of the images it is fitted on), sharing work across folds
-                            (PatchCore: one coreset; PaDiM: sums); else fold_head per subset.
+  fold_heads(features, fits)  yields the head of each fold's model (fits[i]: the indices of the
+                            images it is fitted on); by default fold_head per subset, overridden
+                            to share work across folds (PatchCore: one coreset; PaDiM: sums).
   precision_hints()         {"fp16": [module scopes], "int8": [module scopes], "fp32": [...]}:
                             which parts of the scorer may run in reduced precision. Scopes are
                             module paths inside the scorer ("backbone", "student"); in the

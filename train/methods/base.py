@@ -5,6 +5,7 @@ scorer of the methods that score frozen features with fitted statistics."""
 import dataclasses
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -60,9 +61,22 @@ class Method:
     def params(self):
         return {}
 
+    def fold_heads(self, feats, fits):
+        """For methods with `fold_features`: yields the head of each fold's model, fitted on the
+        images `fits[i]` of `feats`. Default: `fold_head` refitted on each subset; a method may
+        share work across folds (PatchCore: one coreset; PaDiM: sums)."""
+        for fit in fits:
+            yield self.fold_head(take(feats, fit))
+
     def _backbone_norm(self, feats):
         self.mean, self.std = feats.backbone.mean, feats.backbone.std
         return feats
+
+
+def take(feats, idx):
+    """The rows `idx` of frozen features (a tensor, or a list of per-level tensors)."""
+    idx = torch.as_tensor(np.asarray(idx, np.int64))
+    return [f.index_select(0, idx) for f in feats] if isinstance(feats, (list, tuple)) else feats.index_select(0, idx)
 
 
 class Features(nn.Module):

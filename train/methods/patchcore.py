@@ -13,6 +13,9 @@ from . import param
 from .base import StatisticsMethod
 
 
+NEAR = 4      # nearest coreset entries kept per patch for the fold banks
+
+
 def project(x, dims=32, seed=0):
     """x (n x C) in a seeded Gaussian random projection to `dims` dimensions (a copy of x where
     C <= dims), and the generator that made it (it then picks the first coreset entry)."""
@@ -22,19 +25,27 @@ def project(x, dims=32, seed=0):
     return z, g
 
 
-def _greedy(z, zz, k, min_d, first, progress=None):
-    """k more picks of greedy k-centre selection over the rows of z (squared norms zz), starting
-    with row `first`; `min_d` (each row's squared distance to the centres so far) is updated in
-    place. One matrix-vector product per pick: the cost is n x dims per pick."""
-    d = torch.empty(z.shape[0])
+def _cover(z, zz, last, d, min_d):
+    """min_d (each row's squared distance to the centres so far) updated in place for the new
+    centre `last`: one matrix-vector product, n x dims."""
+    torch.mv(z, z[last], out=d)
+    d.mul_(-2).add_(zz).add_(zz[last])
+    torch.minimum(min_d, d, out=min_d)
+
+
+def _select(z, zz, k, g, progress=None):
+    """Indices of k rows of z (squared norms zz) by greedy k-centre selection (farthest point
+    first), the first row drawn with the generator g."""
+    n = z.shape[0]
+    if k >= n:
+        return torch.arange(n)
+    min_d, d = torch.full((n,), float("inf")), torch.empty(n)
     idx = torch.empty(k, dtype=torch.long)
-    last = int(first)
+    last = int(torch.randint(n, (1,), generator=g))
     step = max(1, k // 50)
     for i in range(k):
         idx[i] = last
-        torch.mv(z, z[last], out=d)
-        d.mul_(-2).add_(zz).add_(zz[last])
-        torch.minimum(min_d, d, out=min_d)
+        _cover(z, zz, last, d, min_d)
         last = int(torch.argmax(min_d))
         if progress and (i % step == 0 or i == k - 1):
             progress(i + 1, k)
@@ -46,12 +57,10 @@ def greedy_coreset(x, k, dims=32, seed=0, progress=None):
 
     Distances are computed in a seeded Gaussian random projection to `dims` dimensions, one
     matrix-vector product per pick, so that the cost is n x dims per pick, not n x C."""
-    n = x.shape[0]
-    if k >= n:
-        return torch.arange(n)
+    if k >= x.shape[0]:
+        return torch.arange(x.shape[0])
     z, g = project(x, dims, seed)
-    first = int(torch.randint(n, (1,), generator=g))
-    return _greedy(z, (z * z).sum(1), k, torch.full((n,), float("inf")), first, progress)
+    return _select(z, (z * z).sum(1), k, g, progress)
 
 
 def nearest(zq, zzq, zc, zzc, k=None, chunk=8192):
@@ -90,11 +99,7 @@ class FoldCoresets:
         self.k = bank_size(n, ratio, max_bank)
         self.z, g = project(patches, dims, seed)
         self.zz = (self.z * self.z).sum(1)
-        if self.k >= n:
-            self.idx = torch.arange(n)
-        else:
-            first = int(torch.randint(n, (1,), generator=g))
-            self.idx = _greedy(self.z, self.zz, self.k, torch.full((n,), float("inf")), first, progress)
+        self.idx = _select(self.z, self.zz, self.k, g, progress)
         self.near = self.near_d = self.by_entry = self.starts = self.radius = None
 
     def fold(self, fit_images):
@@ -133,13 +138,8 @@ class FoldCoresets:
             if float(min_d[last]) <= self.radius:
                 break
             extra.append(int(lost[last]))
-            torch.mv(zl, zl[last], out=d)
-            d.mul_(-2).add_(zzl).add_(zzl[last])
-            torch.minimum(min_d, d, out=min_d)
+            _cover(zl, zzl, last, d, min_d)
         return torch.cat([base, torch.as_tensor(extra, dtype=torch.long)])
-
-
-NEAR = 4      # nearest coreset entries kept per patch for the fold banks
 
 
 def bank_size(patches, ratio, max_bank):
