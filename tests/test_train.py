@@ -51,6 +51,8 @@ def test_manifest_says_what_the_line_needs(trained):
     assert "held-out good" in m["threshold"]["method"] and m["threshold"]["source"].startswith("train/good")
     assert m["threshold"]["value"] > m["score_stats"]["holdout_good"]["max"] or m["threshold"]["outliers"]
     assert len(m["training"]["fingerprint"]["sha256"]) == 64
+    corr = m["threshold"].get("fit_size_correction")              # PaDiM's Gaussians: fewer images, higher scores
+    assert (corr is not None and 0.5 <= corr["factor"] < 1) if method == "padim" else corr is None, corr
     assert set(m["files"]) == {"model.onnx", "holdout.json", "reference.npz"}
     ev = m["evaluation"]["fp32"]
     assert ev["image_auroc"] > 0.9 and ev["pixel_auroc"] > 0.9, ev

@@ -93,9 +93,7 @@ def fold_scores(method, graph, images, settings, device, progress=None):
         for f, (a, b) in enumerate(parts):
             fit = fits[f]
             if heads is not None:
-                head = next(heads).to(device)
-                out = torch.cat([graph.reduce(head(_to(take(feats, range(i, min(i + bs, b))), device)))[1].cpu()
-                                 for i in range(a, b, bs)])
+                out = _head_scores(graph, next(heads).to(device), feats, a, b, bs, device)
             else:
                 m, g = build_method(settings, device)
                 g.to(device).eval()
@@ -106,9 +104,22 @@ def fold_scores(method, graph, images, settings, device, progress=None):
             fold_of[a:b] = f
             if progress:
                 progress(f + 1, len(parts))
+        correction = None
+        if feats is not None and method.fit_size_trend:
+            fewer = [op.fewer_fits(fit) for fit in fits]
+            less = np.concatenate([_head_scores(graph, head.to(device), feats, a, b, bs, device).double().numpy()
+                                   for head, (a, b) in zip(method.fold_heads(feats, fewer), parts)])
+            correction = op.fit_size_correction(scores, less, n, [len(x) for x in fits], [len(x) for x in fewer])
+            scores = scores * correction["factor"]
     graph.to("cpu")
     timing = {"feature_seconds": round(t_feats, 2), "fold_seconds": round(time.monotonic() - t0 - t_feats, 2)}
-    return scores, fold_of, feats, timing
+    return scores, fold_of, feats, timing, correction
+
+
+def _head_scores(graph, head, feats, a, b, bs, device):
+    """Image scores of the cached features of images [a, b) under a fold's head."""
+    return torch.cat([graph.reduce(head(_to(take(feats, range(i, min(i + bs, b))), device)))[1].cpu()
+                      for i in range(a, b, bs)])
 
 
 def holdout_plan(s, method, train_paths, val_paths):
@@ -188,11 +199,13 @@ def train_bundle(settings):
         f"({s.backbone if method.uses_backbone else 'no pretrained backbone'}, {device})")
     fit_imgs = load_images(fit_paths, pre, Progress("reading images", len(fit_paths)))
     hold_imgs = fit_imgs if hold_paths is fit_paths else load_images(hold_paths, pre)
-    fold_of = feats = None
+    fold_of = feats = correction = None
     timing = {}
     if kind == "folds":
-        hold_scores, fold_of, feats, timing = fold_scores(method, graph, fit_imgs, s, device,
-                                                  Progress("scoring held-out folds", 1))
+        hold_scores, fold_of, feats, timing, correction = fold_scores(method, graph, fit_imgs, s, device,
+                                                                      Progress("scoring held-out folds", 1))
+        if correction:
+            hold_from += f", {correction['rule']}"
     record = train_method(method, graph, fit_imgs, hold_imgs, s, device, features=feats)
     record.update(timing)
     del feats
@@ -214,6 +227,8 @@ def train_bundle(settings):
         threshold = op.operating_point(hold_names, hold_scores, s.false_reject, source=hold_from)
         threshold["holdout_file"] = op.HOLDOUT_FILE
         threshold["holdout_rule"] = hold_record["rule"]
+        if correction:
+            threshold["fit_size_correction"] = correction
         threshold["history"] = []
         write_holdout(tmp, hold_names, hold_scores, fold_of, hold_from)
         frames, entries, note = reference_frames(ds, train_paths, hold_names, hold_scores,

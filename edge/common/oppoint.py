@@ -61,6 +61,32 @@ def fit_indices(n, start, end, guard=DEFAULT_GUARD):
     return idx
 
 
+FEWER_SHARE = 0.75              # fit-size trend: folds refitted on this share of their images
+
+
+def fewer_fits(fit, share=FEWER_SHARE):
+    """`share` of a fold's fit indices, evenly spaced over them (the fit-size trend's second fit)."""
+    fit = list(fit)
+    keep = max(2, int(round(share * len(fit))))
+    return [fit[i] for i in np.unique(np.linspace(0, len(fit) - 1, keep).round().astype(int))]
+
+
+def fit_size_correction(scores, fewer_scores, n, fit_sizes, fewer_sizes):
+    """The factor that brings fold scores (models fitted on about mean(fit_sizes) images) to
+    what a model fitted on all `n` would give: the ratio of the median held-out score with the
+    folds' fits to that with `fewer_fits`, per image less, extrapolated geometrically to `n`.
+    Within [0.5, 1]: the correction only removes the bias of fitting on fewer images, and never
+    more than halves a score. Returns the record kept in the manifest."""
+    m1, m2 = float(np.mean(fit_sizes)), float(np.mean(fewer_sizes))
+    ratio = float(np.median(scores) / np.median(fewer_scores)) if m1 > m2 else 1.0
+    raw = ratio ** ((n - m1) / (m1 - m2)) if m1 > m2 and ratio > 0 else 1.0
+    factor = float(min(1.0, max(0.5, raw)))
+    return {"factor": round(factor, 6), "measured": round(float(raw), 6), "images": int(n),
+            "fit_images": round(m1, 1), "fewer_images": round(m2, 1),
+            "rule": (f"fold scores scaled by {factor:.3f} to a model fitted on all {n} images (median held-out "
+                     f"score with {m1:.1f} vs {m2:.1f} fitted images, extrapolated to {n})")}
+
+
 def held_out_blocks(n, fraction=DEFAULT_HOLDOUT_BLOCK, guard=DEFAULT_GUARD, block=BLOCK_IMAGES):
     """(fit indices, held-out indices, gap, blocks) for a model that cannot be refitted per fold
     (one that trains networks): `fraction` of the data set's order is held out in contiguous
@@ -246,6 +272,8 @@ def describe(entry):
     up = next(v for k, v in imp.items() if k.startswith("upper_"))
     line = (f"threshold {entry['value']:.6g}: {imp['rejected']} of {imp['of']} held-out good images rejected "
             f"(rate {imp['rate']:.2%}, at most {up:.2%} at {CONFIDENCE:.0%} confidence)")
+    if entry.get("fit_size_correction"):
+        line += f"; held-out scores x {entry['fit_size_correction']['factor']:.3f} (fit-size correction)"
     if entry.get("outliers"):
         line += "; outliers set aside: " + ", ".join(f"{o['name']} ({o['score']:.4g}, z {o['robust_z']:.1f})"
                                                   for o in entry["outliers"])

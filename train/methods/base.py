@@ -61,6 +61,11 @@ class Method:
     def params(self):
         return {}
 
+    # True where a model fitted on fewer images scores new images markedly higher (a Gaussian
+    # whose covariance is estimated from fewer images than it has dimensions): the fold scores
+    # are then scaled to the bundle's image count (edge.common.oppoint.fit_size_correction).
+    fit_size_trend = False
+
     def fold_heads(self, feats, fits):
         """For methods with `fold_features`: yields the head of each fold's model, fitted on the
         images `fits[i]` of `feats`. Default: `fold_head` refitted on each subset; a method may

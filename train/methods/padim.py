@@ -30,6 +30,7 @@ class Padim(StatisticsMethod):
     name = "padim"
     pool = False   # PaDiM models each position's own features, no neighbourhood averaging
     default_score = "top:0.04"      # ahead of max on PIPED and bsdata (scripts/defaults_study.py)
+    fit_size_trend = True           # 100 dimensions from a few dozen images: fewer images, higher scores
 
     def __init__(self, ctx, dims=100, reg=0.01, seed=0):
         super().__init__(ctx)
