@@ -26,6 +26,7 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSROOT = os.environ.get("LINESIDE_ARM64_SYSROOT") or os.path.expanduser("~/.cache/lineside/arm64")
 ARM_PYTHON = "usr/bin/python3.11"      # Debian 12's; the wheels below are cp311
 DEBS = ("libc6 libgcc-s1 libstdc++6 zlib1g libexpat1 libffi8 libbz2-1.0 liblzma5 libuuid1 libssl3 libcrypt1 "
@@ -152,6 +153,19 @@ def build_arm64(root=SYSROOT, log=print):
     return root
 
 
+def probe(runner):
+    """The kernel family a runner's Python sees with onnxruntime imported, or None if it fails."""
+    code = (f"import sys; sys.path.insert(0, {REPO!r}); import onnxruntime; from convert.cpu import cpu_kernels; "
+            "print(cpu_kernels() + ', onnxruntime ' + onnxruntime.__version__)")
+    try:
+        res = runner.run(["-c", code], timeout=600, capture_output=True, text=True)
+    except Exception as exc:                                   # noqa: BLE001 (reported, not raised)
+        return None, str(exc)
+    if res.returncode != 0:
+        return None, f"exit {res.returncode}: {res.stderr.strip()[-300:]}"
+    return res.stdout.strip(), ""
+
+
 def runners(arm=True):
     """Every Python this host can run the child in: native first, then the emulations available."""
     out = [native(), x86("Haswell")]
@@ -169,11 +183,9 @@ def main(argv=None):
         print("qemu-user could not be installed (not root, no sudo?)")
     if args.build_arm64:
         build_arm64()
-    code = "import sys; sys.path.insert(0, %r); from convert.cpu import cpu_kernels; import onnxruntime; " \
-           "print(cpu_kernels(), onnxruntime.__version__)" % os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for r in runners():
-        res = r.run(["-c", code], timeout=600, capture_output=True, text=True)
-        print(f"{r.name:24} {r.how}: " + (res.stdout.strip() if res.returncode == 0 else f"FAILS (exit {res.returncode})"))
+        kernels, why = probe(r)
+        print(f"{r.name:26} {r.how}: {kernels or 'FAILS ' + why}")
     return 0
 
 
