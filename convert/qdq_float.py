@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from convert.cpu import cpu_features, cpu_kernels  # noqa: F401  (kept importable from here)
 from edge.common.errors import EdgeError
 
 _RANGES = {TensorProto.INT8: (-128, 127), TensorProto.UINT8: (0, 255),
@@ -215,32 +216,3 @@ def is_quantized(model):
         model = onnx.load(model, load_external_data=False)
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "MatMulInteger", "MatMulIntegerToFloat")
                + _INTEGER_OPS for n in model.graph.node)
-
-
-def cpu_kernels():
-    """Which of ONNX Runtime's integer kernel families this CPU gets, in words, e.g.
-    "x86_64 AVX2, no VNNI (u8s8 pair sums in 16 bits)". From /proc/cpuinfo where there is one."""
-    import platform
-
-    machine = platform.machine()
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith(("flags", "features")):
-                    flags |= set(line.split(":", 1)[1].split())
-    except OSError:
-        return machine
-    if machine in ("x86_64", "AMD64"):
-        if "avx512_vnni" in flags:
-            return f"{machine} AVX-512 VNNI"
-        if "avx_vnni" in flags:
-            return f"{machine} AVX-VNNI"
-        if "avx512bw" in flags:
-            return f"{machine} AVX-512, no VNNI (u8s8 pair sums in 16 bits)"
-        if "avx2" in flags:
-            return f"{machine} AVX2, no VNNI (u8s8 pair sums in 16 bits)"
-        return f"{machine} SSE"
-    if machine in ("aarch64", "arm64"):
-        return f"{machine} " + ("with dot product (SDOT/UDOT)" if "asimddp" in flags else "NEON, no dot product")
-    return machine
