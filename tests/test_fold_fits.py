@@ -121,3 +121,6 @@ def test_fit_size_correction_only_lowers_and_at_most_halves():
     assert op.fit_size_correction(s, s * 0.9, 32, [20] * 5, [15] * 5)["factor"] == 1.0
     low = op.fit_size_correction(s, s * 10, 32, [20] * 5, [15] * 5)
     assert low["factor"] == 0.5 and low["measured"] < 0.5
+    assert op.trend_folds(5) == [0, 1, 2, 3, 4]                         # measured on every fold of a small set,
+    many = op.trend_folds(40)                                            # on 8 spread over a large one
+    assert len(many) == 8 and many[0] == 0 and many[-1] == 39

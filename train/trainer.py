@@ -106,10 +106,12 @@ def fold_scores(method, graph, images, settings, device, progress=None):
                 progress(f + 1, len(parts))
         correction = None
         if feats is not None and method.fit_size_trend:
-            fewer = [op.fewer_fits(fit) for fit in fits]
-            less = np.concatenate([_head_scores(graph, head.to(device), feats, a, b, bs, device).double().numpy()
-                                   for head, (a, b) in zip(method.fold_heads(feats, fewer), parts)])
-            correction = op.fit_size_correction(scores, less, n, [len(x) for x in fits], [len(x) for x in fewer])
+            sel = op.trend_folds(len(parts))            # a sample of the folds is enough for a median
+            fewer = [op.fewer_fits(fits[k]) for k in sel]
+            less = np.concatenate([_head_scores(graph, head.to(device), feats, *parts[k], bs, device).double().numpy()
+                                   for head, k in zip(method.fold_heads(feats, fewer), sel)])
+            same = np.concatenate([scores[slice(*parts[k])] for k in sel])
+            correction = op.fit_size_correction(same, less, n, [len(fits[k]) for k in sel], [len(x) for x in fewer])
             scores = scores * correction["factor"]
     graph.to("cpu")
     timing = {"feature_seconds": round(t_feats, 2), "fold_seconds": round(time.monotonic() - t0 - t_feats, 2)}

@@ -62,6 +62,12 @@ def fit_indices(n, start, end, guard=DEFAULT_GUARD):
 
 
 FEWER_SHARE = 0.75              # fit-size trend: folds refitted on this share of their images
+TREND_FOLDS = 8                 # ... at most this many folds, evenly spaced over the order
+
+
+def trend_folds(count, most=TREND_FOLDS):
+    """Indices of the folds the fit-size trend is measured on: all, or `most` evenly spaced."""
+    return [int(k) for k in np.unique(np.linspace(0, count - 1, min(count, most)).round().astype(int))]
 
 
 def fewer_fits(fit, share=FEWER_SHARE):
