@@ -401,6 +401,15 @@ DEFAULT_MAX_CHANGED = 0.05       # share of evaluation images whose verdict chan
 KERNEL_TOLERANCE = 0.03          # integer kernels vs the float simulation, share of the threshold
 
 
+def ort_int8_graph(model, hints, images, calib_method=None, weight_bits=None):
+    """(graph, details) of the INT8 graph for ONNX Runtime's CPU kernels (model.int8.ort.onnx)
+    from the preprocessed FP32 `model`, with the bundle's precision hints (its head rewrites)."""
+    from .int8_ort import convert_int8_ort
+    out, details = convert_int8_ort(model, split_graph(model, hints, "int8")[0], images, calib_method or "minmax",
+                                    weight_bits=weight_bits, rewrites=(hints or {}).get("int8_onnxruntime"))
+    return drop_unused_opsets(out), details
+
+
 def budget(max_drop=None, max_changed=None, force=False):
     """The refusal budget: {max_drop, max_changed, kernel_tolerance, force, drop_required}.
     `max_drop` None: the default, skipped where the evaluation images have no labels; given:
@@ -525,11 +534,8 @@ def quantize_bundle(bundle_path, precision, calib_images=DEFAULT_CALIB_IMAGES, c
     variants = [(None, GRAPH_FILES[precision]) + make_variant(model, precision, images, calib_method,
                                                               threshold=bundle.threshold, hints=hints)]
     if precision == "int8":
-        from .int8_ort import convert_int8_ort
-        rewrites = (hints or {}).get("int8_onnxruntime") if hints is not None else None
-        out, details = convert_int8_ort(model, split_graph(model, hints, "int8")[0], images, calib_method or "minmax",
-                                        rewrites=rewrites)
-        variants.append(("onnxruntime", ENGINE_GRAPH_FILES[("int8", "onnxruntime")], drop_unused_opsets(out), details))
+        variants.append(("onnxruntime", ENGINE_GRAPH_FILES[("int8", "onnxruntime")])
+                        + ort_int8_graph(model, hints, images, calib_method))
     tmps, entries, ref = [], [], None
     try:
         for engine, name, graph, details in variants:

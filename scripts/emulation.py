@@ -174,6 +174,13 @@ def runners(arm=True):
     return [r for r in out if r is not None]
 
 
+def print_probes(arm=True):
+    """One line per runner: the kernel family its Python sees, or why it fails."""
+    for r in runners(arm):
+        kernels, why = probe(r)
+        print(f"{r.name:26} {r.how}: {kernels or 'FAILS ' + why}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--install-qemu", action="store_true", help="apt-get install qemu-user if absent")
@@ -183,9 +190,7 @@ def main(argv=None):
         print("qemu-user could not be installed (not root, no sudo?)")
     if args.build_arm64:
         build_arm64()
-    for r in runners():
-        kernels, why = probe(r)
-        print(f"{r.name:26} {r.how}: {kernels or 'FAILS ' + why}")
+    print_probes()
     return 0
 
 

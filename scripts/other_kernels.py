@@ -38,20 +38,16 @@ def ort_graph(bundle, bits, folder):
         return bundle.graph_path("int8", "onnxruntime"), entry.get("weights", "?")
     import onnx
 
-    from convert.int8_ort import convert_int8_ort
-    from convert.quantize import calibration_images, drop_unused_opsets, preprocess_graph, split_graph
+    from convert.quantize import calibration_images, ort_int8_graph, preprocess_graph
 
     cal = entry.get("calibration") or {}
-    hints = bundle.manifest.get("precision_hints")
-    rewrites = (hints or {}).get("int8_onnxruntime") if hints is not None else None
-    model = preprocess_graph(bundle.graph_path("fp32"))
     images = calibration_images(bundle, None, cal.get("images", 32))
     say(f"re-quantizing the ONNX Runtime graph with {bits}-bit weights ({cal.get('method', 'minmax')}, "
         f"{len(images)} calibration images)")
-    out, details = convert_int8_ort(model, split_graph(model, hints, "int8")[0], images,
-                                    cal.get("method", "minmax"), weight_bits=bits, rewrites=rewrites)
+    graph, details = ort_int8_graph(preprocess_graph(bundle.graph_path("fp32")), bundle.manifest.get("precision_hints"),
+                                    images, cal.get("method"), weight_bits=bits)
     path = os.path.join(folder, f"model.int8.ort.w{bits}.onnx")
-    onnx.save(drop_unused_opsets(out), path)
+    onnx.save(graph, path)
     return path, details["weights"]
 
 
@@ -72,11 +68,12 @@ def measure(args, argv):
     from convert.quantize import evaluation_set
     from edge.bundle.manifest import Bundle
     from edge.common import metrics
+    from edge.common.oppoint import evenly_spaced
 
     bundle = Bundle(args.bundle)
     thr = bundle.threshold
     images, labels, _masks, where = evaluation_set(bundle)
-    pick = np.unique(np.linspace(0, len(images) - 1, min(args.images or len(images), len(images))).round().astype(int))
+    pick = evenly_spaced(len(images), args.images or len(images))
     images = images[pick]
     labels = labels[pick] if labels is not None else None
     runners = emulation.runners(arm=not args.no_arm)
@@ -161,17 +158,15 @@ def main(argv=None):
     p.add_argument("--json", metavar="OUT", help="write the figures to OUT as JSON")
     args = p.parse_args(argv)
     if args.probe_only or not args.bundle:
-        for r in emulation.runners(arm=not args.no_arm):
-            kernels, why = emulation.probe(r)
-            print(f"{r.name:26} {r.how}: {kernels or 'FAILS ' + why}")
+        emulation.print_probes(arm=not args.no_arm)
         if not os.path.isfile(os.path.join(emulation.SYSROOT, ".built")):
             print(f"(no aarch64 sysroot in {emulation.SYSROOT}: python -m scripts.emulation --build-arm64)")
         return 0
     res = measure(args, sys.argv[1:] if argv is None else argv)
     print("\n" + table(res))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+        from edge.common.fsutil import atomic_write_text
+        atomic_write_text(args.json, json.dumps(res, indent=1))
     return 0
 
 

@@ -65,16 +65,20 @@ FEWER_SHARE = 0.75              # fit-size trend: folds refitted on this share o
 TREND_FOLDS = 8                 # ... at most this many folds, evenly spaced over the order
 
 
+def evenly_spaced(n, k):
+    """min(k, n) distinct indices of range(n), evenly spaced, the first and the last included."""
+    return [int(i) for i in np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))]
+
+
 def trend_folds(count, most=TREND_FOLDS):
     """Indices of the folds the fit-size trend is measured on: all, or `most` evenly spaced."""
-    return [int(k) for k in np.unique(np.linspace(0, count - 1, min(count, most)).round().astype(int))]
+    return evenly_spaced(count, most)
 
 
 def fewer_fits(fit, share=FEWER_SHARE):
     """`share` of a fold's fit indices, evenly spaced over them (the fit-size trend's second fit)."""
     fit = list(fit)
-    keep = max(2, int(round(share * len(fit))))
-    return [fit[i] for i in np.unique(np.linspace(0, len(fit) - 1, keep).round().astype(int))]
+    return [fit[i] for i in evenly_spaced(len(fit), max(2, int(round(share * len(fit)))))]
 
 
 def fit_size_correction(scores, fewer_scores, n, fit_sizes, fewer_sizes):
@@ -84,8 +88,8 @@ def fit_size_correction(scores, fewer_scores, n, fit_sizes, fewer_sizes):
     Within [0.5, 1]: the correction only removes the bias of fitting on fewer images, and never
     more than halves a score. Returns the record kept in the manifest."""
     m1, m2 = float(np.mean(fit_sizes)), float(np.mean(fewer_sizes))
-    ratio = float(np.median(scores) / np.median(fewer_scores)) if m1 > m2 else 1.0
-    raw = ratio ** ((n - m1) / (m1 - m2)) if m1 > m2 and ratio > 0 else 1.0
+    ratio = float(np.median(scores) / np.median(fewer_scores)) if m1 > m2 else 0.0
+    raw = ratio ** ((n - m1) / (m1 - m2)) if ratio > 0 else 1.0
     factor = float(min(1.0, max(0.5, raw)))
     return {"factor": round(factor, 6), "measured": round(float(raw), 6), "images": int(n),
             "fit_images": round(m1, 1), "fewer_images": round(m2, 1),
